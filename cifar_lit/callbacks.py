@@ -1,0 +1,95 @@
+"""Callbacks: the tutorial's set (EarlyStopping, ModelCheckpoint, image predictions) plus a
+learning-rate monitor, a progress bar and an epoch hook for orchestrators' progress displays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
+from lightning.pytorch.loggers import WandbLogger
+
+from cifar_lit.config import TrainConfig
+
+EpochHook = Callable[[int, int, dict[str, float]], None]
+
+
+class ImagePredictionLogger(Callback):
+    """Each validation epoch, log fixed validation images to W&B captioned
+    ``Pred: <class>, Label: <class>``, and a Table of the same predictions."""
+
+    def __init__(self, samples: tuple[torch.Tensor, torch.Tensor], class_names: list[str]) -> None:
+        super().__init__()
+        self.images, self.labels = samples
+        self.class_names = class_names
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if trainer.sanity_checking or not trainer.is_global_zero or not loggers or len(self.images) == 0:
+            return
+        with torch.no_grad():
+            probs = pl_module(self.images.to(pl_module.device)).float().softmax(dim=1).cpu()
+        conf, preds = probs.max(dim=1)
+        # Undo the (0.5, 0.5) normalisation so W&B shows the real image.
+        pictures = [(x * 0.5 + 0.5).clamp(0, 1) for x in self.images]
+        names = self.class_names
+        captions = [f"Pred: {names[p]}, Label: {names[y]}" for p, y in zip(preds.tolist(), self.labels.tolist())]
+        import wandb  # W&B only where it logs
+
+        rows = [
+            [wandb.Image(img), names[y], names[p], round(float(c), 4)]
+            for img, y, p, c in zip(pictures, self.labels.tolist(), preds.tolist(), conf.tolist())
+        ]
+        for lg in loggers:
+            lg.log_image(key="examples", images=pictures, caption=captions)
+            lg.log_table(key="predictions", columns=["image", "label", "prediction", "confidence"], data=rows)
+
+
+class EpochHookCallback(Callback):
+    """Calls ``hook(epochs_done, max_epochs, metrics)`` after every training epoch (validation
+    included), on rank 0. The Prefect fit task uses it to update a progress artifact."""
+
+    def __init__(self, hook: EpochHook) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            self.hook(trainer.current_epoch + 1, trainer.max_epochs, metrics)
+
+
+def build_callbacks(
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    samples: tuple[torch.Tensor, torch.Tensor] | None,
+    class_names: list[str],
+    on_epoch: EpochHook | None = None,
+) -> list[Callback]:
+    callbacks: list[Callback] = [
+        EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}",
+            auto_insert_metric_name=False,
+            monitor="val_acc",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+        ),
+        LearningRateMonitor(logging_interval="epoch"),
+        TQDMProgressBar(refresh_rate=20),
+    ]
+    if samples is not None and config.prediction_samples > 0:
+        callbacks.append(ImagePredictionLogger(samples, class_names))
+    if on_epoch is not None:
+        callbacks.append(EpochHookCallback(on_epoch))
+    return callbacks

@@ -1,0 +1,173 @@
+"""TrainConfig: the one typed config.
+
+The same object is the Prefect flow's parameters (validated, rendered as a form in the UI), the
+CLI's flags (see ``cifar_lit.cli``), the W&B run config and the checkpoint's hyperparameters.
+
+Recipes are named presets. Fields a recipe controls default to ``None`` ("the recipe decides") and
+are filled in by validation, so an explicit value always wins over the recipe and a UI form that
+leaves a field empty still gets the recipe's value.
+
+This module imports neither torch nor Lightning, so the CLI can validate flags in milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CIFAR_TRAIN_SIZE = 50_000
+
+# The tutorial this project grows from (W&B's "Image classification with PyTorch Lightning"):
+# its small CNN, batch 32, Adam at 2e-4, 2 epochs, a 45k/5k split, EarlyStopping on val_loss.
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": {
+        "model": "seed_cnn",
+        "batch_size": 32,
+        "max_epochs": 2,
+        "lr": 2e-4,
+        "optimizer": "adam",
+        "weight_decay": 0.0,
+        "precision": "32-true",
+    },
+}
+
+# Fields whose ``None`` means "take the recipe's value".
+RECIPE_FIELDS = ("model", "batch_size", "max_epochs", "lr", "optimizer", "weight_decay", "precision")
+
+Precision = Literal["32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true"]
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run. Field descriptions become the CLI's ``--help``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    recipe: Literal["seed"] = Field("seed", description="preset filling every field left unset")
+    # data
+    dataset: Literal["cifar10", "cifar100", "imagefolder"] = Field("cifar10", description="which dataset")
+    data_dir: Path = Field(Path("data"), description="CIFAR download root, or the image folder (DIR/train/<class>/*)")
+    download_url: str | None = Field(None, description="mirror URL of the CIFAR archive (default: the official one)")
+    download_md5: str | None = Field(None, description="expected md5 of the archive at --download-url")
+    val_size: int | float | None = Field(
+        None, description="validation images: a count or a fraction of train (default 5000 for CIFAR, 0.1 otherwise)"
+    )
+    test_size: int | float = Field(0.1, description="image folders without test/: held-out test count or fraction")
+    seed: int = Field(42, description="seed for the split, initialisation and shuffling")
+    bad_images: Literal["skip", "error"] = Field(
+        "skip", description="image folders: skip unreadable files with a warning, or stop with an error"
+    )
+    # model and optimisation (None: the recipe's value)
+    model: str | None = Field(None, description="network from the model registry")
+    batch_size: int | None = Field(None, ge=1, description="images per step")
+    max_epochs: int | None = Field(None, ge=1, description="upper bound on epochs (EarlyStopping may stop sooner)")
+    lr: float | None = Field(None, gt=0, description="learning rate")
+    optimizer: Literal["adam", "adamw", "sgd"] | None = Field(None, description="optimizer")
+    weight_decay: float | None = Field(None, ge=0, description="weight decay")
+    patience: int = Field(3, ge=1, description="EarlyStopping patience in epochs (on val_loss)")
+    max_time: str | None = Field(None, description="stop fitting after DD:HH:MM:SS (Lightning's max_time)")
+    # hardware
+    precision: Precision | None = Field(None, description="Lightning precision, e.g. 32-true or bf16-mixed")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator")
+    devices: int | str = Field("auto", description="Lightning devices: a count, 'auto' or a list like '0,1'")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    # tracking and outputs
+    prediction_samples: int = Field(16, ge=0, description="validation images logged to W&B with predictions")
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online with an API key, else offline"
+    )
+    wandb_project: str = Field("cifar-lit", min_length=1, description="W&B project")
+    wandb_entity: str | None = Field(None, description="W&B entity (team or user)")
+    output_dir: Path | None = Field(None, description="where the run writes everything (default runs/<run name>)")
+
+    @field_validator("val_size", "test_size")
+    @classmethod
+    def _count_or_fraction(cls, v: int | float | None) -> int | float | None:
+        if v is None:
+            return v
+        if isinstance(v, float) and v.is_integer() and v >= 1:
+            v = int(v)
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError(f"a fraction must be between 0 and 1 exclusive, got {v}")
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"a count must be at least 1, got {v}")
+        return v
+
+    @field_validator("download_md5")
+    @classmethod
+    def _md5(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", v):
+            raise ValueError("must be 32 hexadecimal characters")
+        return v.lower() if v else v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | str) -> int | str:
+        if isinstance(v, str) and v != "auto":
+            if re.fullmatch(r"-?\d+", v.strip()):
+                v = int(v)
+            elif not re.fullmatch(r"\d+(,\d+)*,?", v.replace(" ", "")):
+                raise ValueError(f"must be a count, 'auto' or a list like '0,1', got {v!r}")
+        if isinstance(v, int) and (v == 0 or v < -1):
+            raise ValueError(f"must be -1 (all) or a positive count, got {v}")
+        return v
+
+    @field_validator("max_time")
+    @classmethod
+    def _max_time(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d{2}:\d{2}:\d{2}:\d{2}", v):
+            raise ValueError(f"must look like DD:HH:MM:SS, got {v!r}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from cifar_lit.models import MODELS  # lazy: the registry imports torch
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; known: {', '.join(sorted(MODELS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> TrainConfig:
+        # object.__setattr__: filling defaults must not re-trigger validate_assignment recursively.
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.val_size is None:
+            object.__setattr__(self, "val_size", 0.1 if self.dataset == "imagefolder" else 5000)
+        if self.dataset == "imagefolder":
+            if not (self.data_dir / "train").is_dir():
+                raise ValueError(f"data_dir: {self.data_dir} has no train/ folder (expected DIR/train/<class>/*)")
+        elif isinstance(self.val_size, int) and self.val_size >= CIFAR_TRAIN_SIZE:
+            raise ValueError(f"val_size: {self.val_size} must be smaller than the {CIFAR_TRAIN_SIZE} training images")
+        if (self.download_url is None) != (self.download_md5 is None) and self.dataset != "imagefolder":
+            raise ValueError("download_md5: a mirror needs both --download-url and --download-md5")
+        return self
+
+    # ---- derived values ------------------------------------------------------------------
+    def run_name(self, when: datetime | None = None) -> str:
+        """A readable, unique run name, e.g. ``cifar10-seed_cnn-e2-20261127-163000``."""
+        stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
+        return f"{self.dataset}-{self.model}-e{self.max_epochs}-{stamp}"
+
+    def with_output_dir(self, run_name: str | None = None) -> TrainConfig:
+        """This config with ``output_dir`` resolved (``runs/<run name>`` when unset)."""
+        if self.output_dir is not None:
+            return self
+        return self.model_copy(update={"output_dir": Path("runs") / (run_name or self.run_name())})
+
+    @property
+    def out(self) -> Path:
+        if self.output_dir is None:
+            raise ValueError("output_dir: not resolved; call config.with_output_dir() first")
+        return self.output_dir
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe dict: the W&B run config and the checkpoint's hyperparameters."""
+        return self.model_dump(mode="json")

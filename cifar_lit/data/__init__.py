@@ -1,0 +1,1 @@
+"""Data stages: prepare (download or scan), split, and the LightningDataModule."""

@@ -1,0 +1,141 @@
+"""The LightningDataModule: the tutorial's CIFAR10DataModule, generalised to CIFAR-100 and image
+folders, reading its train/val/test indices from a split file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from cifar_lit.config import TrainConfig
+from cifar_lit.data.cifar import SOURCES, load_cifar
+from cifar_lit.data.imagefolder import load_rgb32
+from cifar_lit.data.prepare import DataRef, prepare_data
+from cifar_lit.data.split import make_split, read_split, stage_split
+
+# The tutorial's normalisation: mean 0.5 and std 0.5 per channel, so inputs lie in [-1, 1].
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def tutorial_transform() -> transforms.Compose:
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+
+class ArrayImages(Dataset):
+    """CIFAR images held as one uint8 array, served through PIL like torchvision's CIFAR10."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: list[int], transform) -> None:
+        self.images, self.labels, self.indices, self.transform = images, labels, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = self.indices[i]
+        return self.transform(Image.fromarray(self.images[j])), int(self.labels[j])
+
+
+class FileImages(Dataset):
+    """Image-folder samples, decoded from disk on every access (the tutorial's per-sample path)."""
+
+    def __init__(self, root: Path, samples: list, indices: list[int], transform) -> None:
+        self.root, self.samples, self.indices, self.transform = Path(root), samples, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        rel, label = self.samples[self.indices[i]]
+        return self.transform(load_rgb32(self.root / rel)), int(label)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """``prepare_data`` downloads or scans; ``setup`` reads the split file (making one in the
+    output dir when none is given, for standalone use)."""
+
+    def __init__(self, config: TrainConfig, split_file: Path | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.split_file = Path(split_file) if split_file else None
+        self.transform = tutorial_transform()
+        self.split: dict | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    def prepare_data(self) -> None:
+        # With a split file the flow's download stage already prepared the data: skip the work.
+        if self.split_file is None:
+            self._prepare()
+
+    def _prepare(self) -> DataRef:
+        c = self.config
+        return prepare_data(c.dataset, c.data_dir, c.download_url, c.download_md5, c.bad_images)
+
+    def _read_split(self) -> dict:
+        if self.split is None:
+            if self.split_file is None:
+                c = self.config
+                made = make_split(self._prepare(), c.val_size, c.test_size, c.seed, c.data_dir)
+                self.split_file = stage_split(made, c.out)
+            self.split = read_split(self.split_file)
+        return self.split
+
+    @property
+    def classes(self) -> list[str]:
+        return self._read_split()["classes"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        split, c = self._read_split(), self.config
+        if split["dataset"] != c.dataset:
+            raise ValueError(f"{self.split_file}: is a {split['dataset']} split, not {c.dataset}")
+        root = Path(c.data_dir).resolve()
+        if split["samples"] is None:  # CIFAR: arrays from the extracted pickles
+            folder = root / SOURCES[c.dataset].base_folder
+            if stage in (None, "fit", "validate") and self.train_set is None:
+                images, labels = load_cifar(folder, c.dataset, train=True)
+                self.train_set = ArrayImages(images, labels, split["train"], self.transform)
+                self.val_set = ArrayImages(images, labels, split["val"], self.transform)
+            if stage in (None, "test", "predict") and self.test_set is None:
+                images, labels = load_cifar(folder, c.dataset, train=False)
+                self.test_set = ArrayImages(images, labels, list(range(len(labels))), self.transform)
+        else:
+            samples = split["samples"]
+            self.train_set = FileImages(root, samples, split["train"], self.transform)
+            self.val_set = FileImages(root, samples, split["val"], self.transform)
+            self.test_set = FileImages(root, samples, split["test"], self.transform)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        c = self.config
+        return DataLoader(
+            dataset,
+            batch_size=c.batch_size,
+            shuffle=shuffle,
+            num_workers=c.num_workers,
+            persistent_workers=c.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            # Seeded shuffling: the same seed replays the same batches.
+            generator=torch.Generator().manual_seed(c.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def val_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` validation images and labels: fixed across epochs for the W&B panel."""
+        n = min(n, len(self.val_set))
+        items = [self.val_set[i] for i in range(n)]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])

@@ -1,0 +1,66 @@
+"""The data stage before splitting: make the dataset present, verified and fingerprinted.
+
+CIFAR: download, checksum and extract (once). Image folders: decode every file once, drop or
+reject unreadable ones, and write a manifest of the usable samples beside the data, so later
+stages never decode the whole folder again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifar_lit.data.cifar import SOURCES, cifar_classes, download_cifar
+from cifar_lit.data.imagefolder import scan_imagefolder
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A prepared dataset: small, picklable, safe to pass between Prefect tasks."""
+
+    dataset: str
+    folder: Path  # the extracted CIFAR folder, or the image folder root
+    fingerprint: str  # content hash: the verified archive md5, or a hash of every image's bytes
+    classes: tuple[str, ...]
+    skipped: tuple[str, ...] = ()  # unreadable image files left out (image folders)
+    manifest: Path | None = None  # image folders: the usable samples
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def cache_dir(data_dir: Path) -> Path:
+    """Where derived files (manifests, split files) live: beside the data they derive from."""
+    return Path(data_dir) / ".cifar_lit"
+
+
+def write_json_atomic(path: Path, obj) -> Path:
+    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+    return path
+
+
+def prepare_data(
+    dataset: str,
+    data_dir: Path,
+    download_url: str | None = None,
+    download_md5: str | None = None,
+    bad_images: str = "skip",
+) -> DataRef:
+    data_dir = Path(data_dir).resolve()
+    if dataset in SOURCES:
+        md5 = (download_md5 or SOURCES[dataset].md5).lower()
+        folder = download_cifar(dataset, data_dir, download_url, md5)
+        fingerprint = hashlib.sha256(f"{dataset}:{md5}".encode()).hexdigest()
+        return DataRef(dataset, folder, fingerprint, tuple(cifar_classes(folder, dataset)))
+    scan = scan_imagefolder(data_dir, bad_images)
+    manifest = cache_dir(data_dir) / f"manifest-{scan.fingerprint[:16]}.json"
+    write_json_atomic(manifest, {"classes": scan.classes, "train": scan.train, "test": scan.test})
+    return DataRef(dataset, data_dir, scan.fingerprint, tuple(scan.classes), tuple(scan.skipped), manifest)

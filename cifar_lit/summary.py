@@ -1,0 +1,84 @@
+"""The run summary: ``summary.json`` and the markdown shown in the Prefect UI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from cifar_lit.config import TrainConfig
+from cifar_lit.data.prepare import write_json_atomic
+
+
+def build_summary(
+    config: TrainConfig, fit: dict, test: dict, export: dict, data_fingerprint: str, wandb: dict, skipped: int = 0
+) -> dict[str, Any]:
+    return {
+        "test_acc": test["metrics"].get("test_acc"),
+        "test_loss": test["metrics"].get("test_loss"),
+        "val_acc": fit["metrics"].get("val_acc"),
+        "best_val_acc": fit["metrics"].get("best_val_acc"),
+        "val_loss": fit["metrics"].get("val_loss"),
+        "epochs_completed": fit["epochs_completed"],
+        "fit_seconds": fit["fit_seconds"],
+        "resumed_from": fit.get("resumed_from"),
+        "best_checkpoint": fit["best_checkpoint"],
+        "last_checkpoint": fit["last_checkpoint"],
+        "data_fingerprint": data_fingerprint,
+        "skipped_images": skipped,
+        "per_class": test["per_class"],
+        "wandb": wandb,
+        "model_artifact": {k: v for k, v in export.items() if k != "metadata"},
+        "config": config.as_dict(),
+    }
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> Path:
+    return write_json_atomic(Path(path), json_safe(summary))
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN (a class with no test images) becomes null, so every JSON reader accepts the file."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    wb = summary["wandb"]
+    if wb["mode"] == "online":
+        where = f"[{wb['path']}]({wb['url']})"
+    elif wb["mode"] == "offline":
+        where = f"offline at `{wb['path']}`; upload with `wandb sync {wb['path']}`"
+    else:
+        where = "disabled"
+    rows = ["| metric | value |", "|---|---|"] + [
+        f"| {k} | {_fmt(summary[k])} |"
+        for k in ("test_acc", "test_loss", "val_acc", "best_val_acc", "epochs_completed", "fit_seconds", "skipped_images")
+    ]
+    cfg = ["| field | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in summary["config"].items()]
+    return "\n".join(
+        [
+            f"# Run summary: {summary['config']['dataset']} / {summary['config']['model']}",
+            "",
+            *rows,
+            "",
+            f"**W&B**: {where}",
+            "",
+            f"**Best checkpoint**: `{summary['best_checkpoint']}`",
+            "",
+            f"**Data fingerprint**: `{summary['data_fingerprint']}`",
+            "",
+            "## Config",
+            "",
+            *cfg,
+        ]
+    )

@@ -1,0 +1,150 @@
+"""Weights & Biases tracking that can never fail or lose a training run.
+
+One W&B run spans the whole pipeline (fit, test, export log into it). Mode ``auto`` goes online
+when an API key is available and offline otherwise, printing the ``wandb sync`` command. If W&B
+cannot start (unreachable server, bad key...), the run falls back to offline, then to no W&B at
+all, with a warning: training goes on either way, and a CSV log is always written.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pandas as pd
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from cifar_lit.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def api_key_available() -> bool:
+    """True when ``WANDB_API_KEY`` is set or ``wandb login`` stored a key in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(requested: str) -> str:
+    if requested == "auto":
+        return "online" if api_key_available() else "offline"
+    return requested
+
+
+def _active_run():
+    import wandb
+
+    return wandb.run
+
+
+def start_run(config: TrainConfig, name: str | None = None):
+    """Start (or reuse) the pipeline's W&B run; None when W&B is disabled or unavailable."""
+    mode = resolve_mode(config.wandb_mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    if wandb.run is not None:
+        return wandb.run
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    for attempt in [mode] + (["offline"] if mode == "online" else []):
+        try:
+            run = wandb.init(
+                project=config.wandb_project,
+                entity=config.wandb_entity,
+                name=name or out.name,
+                dir=str(out),
+                config=config.as_dict(),
+                mode=attempt,
+                settings=wandb.Settings(init_timeout=60, console="off", quiet=True),
+            )
+        except Exception as e:  # noqa: BLE001 - any W&B failure must not stop training
+            log.warning("W&B %s run could not start (%s: %s)", attempt, type(e).__name__, e)
+            continue
+        if attempt == "offline":
+            print(f"W&B: logging offline to {offline_dir(run)}; upload later with: wandb sync {offline_dir(run)}")
+        return run
+    log.warning("W&B: tracking disabled for this run; metrics go to the CSV log in %s", out)
+    return None
+
+
+def offline_dir(run) -> Path:
+    return Path(run.dir).parent
+
+
+def run_info() -> dict[str, Any]:
+    """Where the active run lives: ``{"mode", "path", "url"}`` (path: entity/project/id, or the
+    offline folder to pass to ``wandb sync``)."""
+    run = _active_run()
+    if run is None:
+        return {"mode": "disabled", "path": None, "url": None}
+    if run.settings.mode == "offline" or run.offline:
+        return {"mode": "offline", "path": str(offline_dir(run)), "url": None}
+    return {"mode": "online", "path": run.path, "url": run.url}
+
+
+def finish_run() -> None:
+    try:
+        run = _active_run()
+        if run is not None:
+            run.finish()
+    except Exception as e:  # noqa: BLE001
+        log.warning("W&B: finishing the run failed (%s); local files are kept", e)
+
+
+def make_loggers(config: TrainConfig, stage: str) -> list[Logger]:
+    """A CSV log always (``<output_dir>/csv/<stage>/metrics.csv``); W&B when a run is active."""
+    loggers: list[Logger] = [CSVLogger(config.out, name="csv", version=stage)]
+    run = _active_run() if config.wandb_mode != "disabled" else None
+    if run is not None:
+        loggers.append(WandbLogger(experiment=run, log_model=False))
+    return loggers
+
+
+def per_class_table(confusion: torch.Tensor, classes: list[str]) -> pd.DataFrame:
+    """Per-class accuracy from a confusion matrix (rows: true class, columns: predicted)."""
+    cm = confusion.to(torch.float64)
+    support = cm.sum(dim=1)
+    correct = cm.diagonal()
+    acc = torch.where(support > 0, correct / support.clamp(min=1), torch.nan)
+    return pd.DataFrame(
+        {"class": classes, "support": support.long().tolist(), "correct": correct.long().tolist(), "accuracy": acc.tolist()}
+    )
+
+
+def log_test_results(metrics: dict[str, float], per_class: pd.DataFrame, confusion: torch.Tensor, classes: list[str]):
+    """Confusion matrix, per-class accuracy table and test metrics into the active W&B run."""
+    run = _active_run()
+    if run is None:
+        return
+    try:
+        import wandb
+
+        rows = [
+            [classes[i], classes[j], int(confusion[i, j])]
+            for i in range(len(classes))
+            for j in range(len(classes))
+        ]
+        table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=rows)
+        # The same preset wandb.plot.confusion_matrix renders, built from the torchmetrics matrix.
+        plot = wandb.plot.plot_table(
+            vega_spec_name="wandb/confusion_matrix/v1",
+            data_table=table,
+            fields={"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+            string_fields={"title": "Test confusion matrix"},
+        )
+        run.log({"test/confusion_matrix": plot, "test/per_class_accuracy": wandb.Table(dataframe=per_class)})
+        run.summary.update({k: v for k, v in metrics.items()})
+    except Exception as e:  # noqa: BLE001
+        log.warning("W&B: logging test results failed (%s); they are in summary.json", e)

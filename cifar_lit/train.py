@@ -1,0 +1,155 @@
+"""fit and test: plain functions over a config and a split file, returning small results.
+
+Prefect tasks wrap them one to one; they also run on their own (no Prefect, W&B optional):
+
+    from cifar_lit.config import TrainConfig
+    from cifar_lit.train import fit, test
+    cfg = TrainConfig(output_dir="runs/try").with_output_dir()
+    result = fit(cfg, split_file)   # split_file from cifar_lit.data.split.make_split
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from cifar_lit.callbacks import EpochHook, build_callbacks
+from cifar_lit.config import TrainConfig
+from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.models import build_model
+from cifar_lit.module import LitClassifier
+from cifar_lit.tracking import log_test_results, make_loggers, per_class_table
+
+
+class OutputDirError(ValueError):
+    """The output dir holds another run's checkpoints, which a fresh fit would overwrite."""
+
+
+@dataclass
+class FitResult:
+    best_checkpoint: str
+    last_checkpoint: str
+    metrics: dict[str, float]  # the last epoch's logged metrics, plus best_val_acc
+    epochs_completed: int  # in total, including epochs done before a resume
+    epochs_this_run: int
+    fit_seconds: float  # wall time of trainer.fit in this attempt
+    resumed_from: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TestResult:
+    metrics: dict[str, float]
+    per_class: list[dict]  # rows of the per-class accuracy table
+    confusion: list[list[int]]  # rows: true class, columns: predicted
+    classes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def checkpoint_dir(config: TrainConfig) -> Path:
+    return config.out / "checkpoints"
+
+
+def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, **overrides) -> L.Trainer:
+    kwargs = dict(
+        max_epochs=config.max_epochs,
+        max_time=config.max_time,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        precision=config.precision,
+        callbacks=callbacks,
+        logger=make_loggers(config, stage),
+        default_root_dir=config.out,
+        # Log at least once per epoch even on tiny datasets.
+        log_every_n_steps=max(1, min(50, steps_per_epoch)),
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: EpochHook | None = None) -> FitResult:
+    """Train ``config.model`` on the split's train part, validating every epoch.
+
+    ``resume=True`` continues from ``<output_dir>/checkpoints/last.ckpt`` when it exists (a
+    retried fit loses at most the epoch it crashed in). Without it, a checkpoint dir that
+    already holds checkpoints is refused rather than overwritten.
+    """
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    dm = ImageDataModule(config, split_file)
+    dm.setup("fit")
+    net = build_model(config.model, dm.num_classes)
+    model = LitClassifier(net, dm.num_classes, dm.classes, config.lr, config.optimizer, config.weight_decay, config.as_dict())
+
+    ckpt_dir = checkpoint_dir(config)
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = None
+    if resume and last.is_file():
+        ckpt_path = str(last)
+    elif ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+        raise OutputDirError(f"output_dir: {config.out} already holds checkpoints; use a new --output-dir")
+
+    samples = dm.val_samples(config.prediction_samples) if config.prediction_samples else None
+    start = _StartEpoch()
+    callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, on_epoch) + [start]
+    steps = max(1, len(dm.train_set) // config.batch_size)
+    # A resumed fit logs beside the first attempt's CSV instead of overwriting it.
+    stage = "fit" if ckpt_path is None else f"fit-resumed-{time.strftime('%H%M%S')}"
+    trainer = _trainer(config, stage, callbacks, steps)
+
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - t0
+
+    ckpt = trainer.checkpoint_callback
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if ckpt.best_model_score is not None:
+        metrics["best_val_acc"] = float(ckpt.best_model_score)
+    return FitResult(
+        best_checkpoint=str(Path(ckpt.best_model_path).resolve()) if ckpt.best_model_path else str(last.resolve()),
+        last_checkpoint=str(last.resolve()),
+        metrics=metrics,
+        epochs_completed=trainer.current_epoch,
+        epochs_this_run=trainer.current_epoch - start.epoch,
+        fit_seconds=round(fit_seconds, 3),
+        resumed_from=ckpt_path,
+    )
+
+
+class _StartEpoch(Callback):
+    """Records the epoch training starts at: 0, or the restored epoch on resume."""
+
+    epoch = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch = trainer.current_epoch
+
+
+def load_classifier(checkpoint: Path, map_location: str = "cpu") -> LitClassifier:
+    """Rebuild the network from the checkpoint's own hyperparameters and load its weights."""
+    import torch
+
+    hp = torch.load(checkpoint, map_location=map_location, weights_only=False)["hyper_parameters"]
+    net = build_model(hp["config"]["model"], hp["num_classes"])
+    return LitClassifier.load_from_checkpoint(checkpoint, map_location=map_location, net=net)
+
+
+def test(config: TrainConfig, split_file: Path, checkpoint: Path) -> TestResult:
+    """Evaluate ``checkpoint`` on the split's test part; log the results to W&B when active."""
+    dm = ImageDataModule(config, split_file)
+    dm.setup("test")
+    model = load_classifier(Path(checkpoint))
+    # One device: a distributed sampler would pad and repeat test images.
+    trainer = _trainer(config, "test", callbacks=[], steps_per_epoch=1, devices=1, enable_progress_bar=False)
+    metrics = {k: float(v) for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items()}
+    confusion = model.confusion
+    table = per_class_table(confusion, dm.classes)
+    log_test_results(metrics, table, confusion, dm.classes)
+    return TestResult(metrics, table.to_dict("records"), confusion.long().tolist(), dm.classes)

@@ -1,0 +1,53 @@
+"""download: make the dataset present and verified (CIFAR archive, or an image-folder scan)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from cifar_lit.data.cifar import SOURCES, is_ready
+from cifar_lit.data.imagefolder import stat_signature
+from cifar_lit.data.prepare import DataRef, prepare_data
+
+
+def data_state(dataset: str, data_dir: Path, download_md5: str | None) -> str | None:
+    """What identifies the prepared data on disk; None when it is not there (yet).
+
+    CIFAR: the expected archive checksum, once an archive with it was extracted. Image folders:
+    names, sizes and mtimes of every file, so any edit invalidates the cache.
+    """
+    root = Path(data_dir).resolve()
+    if dataset in SOURCES:
+        md5 = (download_md5 or SOURCES[dataset].md5).lower()
+        return md5 if is_ready(root / SOURCES[dataset].base_folder, md5) else None
+    return stat_signature(root)
+
+
+def _cache_key(context, parameters) -> str:
+    """(dataset, data root, expected checksum). The flow refreshes this cache when
+    ``data_state`` says the data is gone, so a deleted folder is fetched again."""
+    p = parameters
+    root = Path(p["data_dir"]).resolve()
+    if p["dataset"] in SOURCES:
+        expected = (p["download_md5"] or SOURCES[p["dataset"]].md5).lower()
+    else:
+        expected = stat_signature(root)
+    return "download-" + hashlib.sha256(f"{p['dataset']}|{root}|{expected}|{p['bad_images']}".encode()).hexdigest()
+
+
+@task(
+    name="download",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2, 4, 8 s
+    retry_jitter_factor=0.5,
+    cache_key_fn=_cache_key,
+    persist_result=True,
+)
+def download_data(
+    dataset: str, data_dir: Path, download_url: str | None, download_md5: str | None, bad_images: str = "skip"
+) -> DataRef:
+    """Download, checksum and extract CIFAR, or scan and fingerprint an image folder."""
+    return prepare_data(dataset, data_dir, download_url, download_md5, bad_images)

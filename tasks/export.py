@@ -1,0 +1,24 @@
+"""export: the best checkpoint as a W&B model artifact; network errors are retried."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from cifar_lit.config import TrainConfig
+from cifar_lit.export import export_model
+
+
+@task(
+    name="export",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+)
+def export_checkpoint(config: TrainConfig, checkpoint: Path, test_metrics: dict, data_fingerprint: str) -> dict:
+    """Log the checkpoint with aliases latest and best, and its metadata."""
+    return export_model(config, checkpoint, test_metrics, data_fingerprint)

@@ -1,0 +1,37 @@
+"""fit: train, checkpointing every epoch; a retry resumes from last.ckpt."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+
+from cifar_lit.config import TrainConfig
+from cifar_lit.train import fit
+
+log = logging.getLogger(__name__)
+
+
+def _progress_hook(artifact_id: UUID | None):
+    def hook(done: int, total: int, metrics: dict[str, float]) -> None:
+        if artifact_id is None:
+            return
+        shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val_loss", "val_acc") if k in metrics)
+        try:
+            update_progress_artifact(artifact_id, progress=100.0 * done / total, description=f"epoch {done}/{total}: {shown}")
+        except Exception as e:  # noqa: BLE001 - a UI update must never stop training
+            log.warning("progress artifact update failed: %s", e)
+
+    return hook
+
+
+@task(name="fit", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def fit_model(config: TrainConfig, split_file: Path, progress_artifact: UUID | None = None) -> dict:
+    """Fit the model; returns checkpoint paths and validation metrics."""
+    resume = task_run.get_run_count() > 1
+    return fit(config, split_file, resume=resume, on_epoch=_progress_hook(progress_artifact)).to_dict()
