@@ -58,6 +58,10 @@ def start_run(config: TrainConfig, name: str | None = None):
         return wandb.run
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {"console": "off", "quiet": True}
+    # W&B reads its environment once per process; read the timeout per run so it always applies.
+    if os.environ.get("WANDB_INIT_TIMEOUT"):
+        settings["init_timeout"] = float(os.environ["WANDB_INIT_TIMEOUT"])
     for attempt in [mode] + (["offline"] if mode == "online" else []):
         try:
             run = wandb.init(
@@ -67,7 +71,7 @@ def start_run(config: TrainConfig, name: str | None = None):
                 dir=str(out),
                 config=config.as_dict(),
                 mode=attempt,
-                settings=wandb.Settings(init_timeout=60, console="off", quiet=True),
+                settings=wandb.Settings(**settings),
             )
         except Exception as e:  # noqa: BLE001 - any W&B failure must not stop training
             log.warning("W&B %s run could not start (%s: %s)", attempt, type(e).__name__, e)

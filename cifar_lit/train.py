@@ -3,7 +3,7 @@
 Prefect tasks wrap them one to one; they also run on their own (no Prefect, W&B optional):
 
     from cifar_lit.config import TrainConfig
-    from cifar_lit.train import fit, test
+    from cifar_lit.train import evaluate, fit
     cfg = TrainConfig(output_dir="runs/try").with_output_dir()
     result = fit(cfg, split_file)   # split_file from cifar_lit.data.split.make_split
 """
@@ -44,7 +44,7 @@ class FitResult:
 
 
 @dataclass
-class TestResult:
+class EvalResult:
     metrics: dict[str, float]
     per_class: list[dict]  # rows of the per-class accuracy table
     confusion: list[list[int]]  # rows: true class, columns: predicted
@@ -141,7 +141,7 @@ def load_classifier(checkpoint: Path, map_location: str = "cpu") -> LitClassifie
     return LitClassifier.load_from_checkpoint(checkpoint, map_location=map_location, net=net)
 
 
-def test(config: TrainConfig, split_file: Path, checkpoint: Path) -> TestResult:
+def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalResult:
     """Evaluate ``checkpoint`` on the split's test part; log the results to W&B when active."""
     dm = ImageDataModule(config, split_file)
     dm.setup("test")
@@ -152,4 +152,4 @@ def test(config: TrainConfig, split_file: Path, checkpoint: Path) -> TestResult:
     confusion = model.confusion
     table = per_class_table(confusion, dm.classes)
     log_test_results(metrics, table, confusion, dm.classes)
-    return TestResult(metrics, table.to_dict("records"), confusion.long().tolist(), dm.classes)
+    return EvalResult(metrics, table.to_dict("records"), confusion.long().tolist(), dm.classes)

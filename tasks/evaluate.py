@@ -8,10 +8,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.train import test
+from cifar_lit.train import evaluate
 
 
 @task(name="test", cache_policy=NO_CACHE)
 def evaluate_model(config: TrainConfig, split_file: Path, checkpoint: Path) -> dict:
     """Test metrics, per-class accuracy rows and the confusion matrix."""
-    return test(config, split_file, checkpoint).to_dict()
+    return evaluate(config, split_file, checkpoint).to_dict()

@@ -1,0 +1,82 @@
+"""Shared fixtures: isolated Prefect/W&B state, tiny CIFAR archives served on 127.0.0.1, tiny
+image folders, and a shrunken real TrainConfig (CPU, no workers, few images)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before Prefect or W&B are imported anywhere: keep their state out of the user's home.
+_STATE = Path(tempfile.mkdtemp(prefix="cifar-lit-tests-"))
+os.environ["PREFECT_HOME"] = str(_STATE / "prefect")
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_STATE / "prefect" / "storage")
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+    os.environ[var] = str(_STATE / var.lower())
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.pop("WANDB_MODE", None)
+os.environ["WANDB_SILENT"] = "true"
+os.environ["NETRC"] = str(_STATE / "netrc")  # no stored W&B login
+
+import fakes  # noqa: E402
+
+from cifar_lit.config import TrainConfig  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def archives() -> dict[str, bytes]:
+    return {"cifar10": fakes.cifar_archive("cifar10", n_train=200, n_test=60), "cifar100": fakes.cifar_archive("cifar100", n_train=300, n_test=100)}
+
+
+@pytest.fixture
+def server(archives):
+    srv = fakes.FileServer({f"/{name}.tar.gz": data for name, data in archives.items()}).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path, server, archives):
+    """A real TrainConfig, shrunk: tiny CIFAR from the local server, CPU, W&B offline."""
+
+    def make(**overrides) -> TrainConfig:
+        dataset = overrides.get("dataset", "cifar10")
+        base = dict(
+            dataset=dataset,
+            data_dir=tmp_path / "data",
+            val_size=40,
+            batch_size=16,
+            max_epochs=2,
+            num_workers=0,
+            accelerator="cpu",
+            devices=1,
+            prediction_samples=4,
+            wandb_mode="offline",
+            output_dir=tmp_path / "out",
+        )
+        if dataset != "imagefolder":
+            base.update(download_url=server.url(f"/{dataset}.tar.gz"), download_md5=fakes.md5(archives[dataset]))
+        base.update(overrides)
+        return TrainConfig(**base)
+
+    return make
+
+
+@pytest.fixture
+def wandb_run_cleanup():
+    yield
+    from cifar_lit.tracking import finish_run
+
+    finish_run()
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

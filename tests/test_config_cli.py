@@ -1,0 +1,116 @@
+"""TrainConfig validation, recipes, and the CLI built from it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from cifar_lit.cli import build_parser, parse_config
+from cifar_lit.config import RECIPES, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_seed_recipe_is_the_tutorial():
+    c = TrainConfig(recipe="seed")
+    assert (c.model, c.batch_size, c.max_epochs, c.lr, c.optimizer) == ("seed_cnn", 32, 2, 2e-4, "adam")
+    assert c.val_size == 5000 and c.patience == 3 and c.precision == "32-true"
+
+
+def test_explicit_values_beat_the_recipe():
+    c = TrainConfig(recipe="seed", batch_size=64, lr=0.01)
+    assert (c.batch_size, c.lr, c.max_epochs) == (64, 0.01, RECIPES["seed"]["max_epochs"])
+
+
+def test_val_size_defaults_depend_on_dataset(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    assert TrainConfig(dataset="cifar100").val_size == 5000
+    assert TrainConfig(dataset="imagefolder", data_dir=tmp_path).val_size == 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"val_size": 0}, "val_size"),
+        ({"val_size": 1.5}, "val_size"),
+        ({"val_size": 50000}, "val_size"),
+        ({"model": "nope"}, "model"),
+        ({"dataset": "mnist"}, "dataset"),
+        ({"dataset": "imagefolder", "data_dir": "/does/not/exist"}, "data_dir"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"lr": 0}, "lr"),
+        ({"devices": 0}, "devices"),
+        ({"download_md5": "xyz"}, "download_md5"),
+        ({"max_time": "1h"}, "max_time"),
+        ({"precision": "8-bit"}, "precision"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_invalid_config_names_the_field(kwargs, field):
+    with pytest.raises(ValidationError) as e:
+        TrainConfig(**kwargs)
+    assert field in str(e.value)
+
+
+def test_config_round_trips_through_json():
+    c = TrainConfig(recipe="seed", val_size=0.2, devices="0,1")
+    assert TrainConfig(**c.as_dict()) == c
+
+
+def test_run_name_and_output_dir():
+    c = TrainConfig()
+    assert c.output_dir is None
+    resolved = c.with_output_dir("cifar10-x")
+    assert resolved.out == Path("runs/cifar10-x")
+    assert c.run_name().startswith("cifar10-seed_cnn-e2-")
+    with pytest.raises(ValueError, match="output_dir"):
+        _ = c.out
+
+
+def test_cli_maps_every_field_to_a_flag():
+    c = parse_config(["--max-epochs", "3", "--lr", "0.001", "--val-size", "0.2", "--wandb-mode", "disabled"])
+    assert (c.max_epochs, c.lr, c.val_size, c.wandb_mode) == (3, 0.001, 0.2, "disabled")
+    flags = {a.option_strings[0] for a in build_parser()._actions if a.option_strings}
+    assert {"--" + name.replace("_", "-") for name in TrainConfig.model_fields} <= flags
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-epochs", "0"], "--max-epochs: Input should be greater than or equal to 1"),
+        (["--max-epochs", "two"], "--max-epochs: Input should be a valid integer"),
+        (["--val-size", "60000"], "--val-size: 60000 must be smaller than the 50000 training images"),
+        (["--model", "resnet999"], "--model: unknown model 'resnet999'"),
+        (["--dataset", "imagefolder", "--data-dir", "/nope"], "--data-dir: /nope has no train/ folder"),
+        (["--wandb-mode", "loud"], "--wandb-mode: Input should be"),
+        (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_flag_exits_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(argv, prog="train_flow.py")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_script_help_and_bad_flag_from_a_real_process():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    help_ = subprocess.run([sys.executable, "flows/train_flow.py", "--help"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert help_.returncode == 0
+    for flag in ("--dataset", "--data-dir", "--model", "--recipe", "--max-epochs", "--batch-size", "--lr", "--val-size",
+                 "--seed", "--accelerator", "--devices", "--precision", "--num-workers", "--output-dir",
+                 "--wandb-mode", "--wandb-project"):
+        assert flag in help_.stdout
+    assert "(default: data)" in help_.stdout  # --data-dir's default is shown
+    bad = subprocess.run(
+        [sys.executable, "flows/train_flow.py", "--batch-size", "0"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == ["train_flow.py: error: --batch-size: Input should be greater than or equal to 1"]
