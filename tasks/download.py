@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+import urllib.error
 from pathlib import Path
 
 from prefect import task
@@ -38,11 +40,24 @@ def _cache_key(context, parameters) -> str:
     return "download-" + hashlib.sha256(f"{p['dataset']}|{root}|{expected}|{p['bad_images']}".encode()).hexdigest()
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Worth a retry: server errors (5xx, 429), refused or dropped connections, timeouts.
+    A checksum mismatch or a bad folder is not: retrying would fetch the same wrong bytes."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code == 429
+    return isinstance(exc, urllib.error.URLError | ConnectionError | TimeoutError | socket.timeout)
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    return isinstance(state.data, BaseException) and is_transient(state.data)
+
+
 @task(
     name="download",
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2, 4, 8 s
     retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_transient,
     cache_key_fn=_cache_key,
     persist_result=True,
 )

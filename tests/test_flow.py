@@ -1,0 +1,153 @@
+"""The whole flow on tiny data, against a real (temporary) Prefect API: artifacts, caching,
+retries (HTTP 503s, a crash inside fit), image folders and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import fakes
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from wandb_files import OfflineRun, offline_run_dirs
+
+from cifar_lit.module import LitClassifier
+from flows.train_flow import train_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _run(config):
+    state = train_flow(config, return_state=True)
+    return state, state.state_details.flow_run_id
+
+
+def _task_runs(flow_run_id) -> dict:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r for r in runs}
+
+
+def _artifacts(flow_run_id) -> dict:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {a.type: a for a in found}
+
+
+def test_end_to_end_then_cached_rerun(make_config, server, tmp_path):
+    cfg = make_config(max_epochs=2, output_dir=tmp_path / "run1")
+    state, run_id = _run(cfg)
+    assert state.is_completed(), state.message
+    summary = json.loads((tmp_path / "run1" / "summary.json").read_text())
+    assert summary == state.result() | {"per_class": summary["per_class"]}
+    for key in ("test_acc", "test_loss", "val_acc", "epochs_completed", "fit_seconds", "best_checkpoint",
+                "data_fingerprint", "wandb", "config"):
+        assert summary[key] is not None, key
+    assert summary["epochs_completed"] == 2 and 0 <= summary["test_acc"] <= 1
+    assert Path(summary["best_checkpoint"]).is_file() and summary["best_checkpoint"].startswith(str(tmp_path / "run1"))
+    assert summary["config"]["max_epochs"] == 2 and summary["wandb"]["mode"] == "offline"
+    assert (tmp_path / "run1" / "split.json").is_file()
+
+    tasks = _task_runs(run_id)
+    assert set(tasks) == {"download", "split", "fit", "test", "export"}
+    assert all(t.state.is_completed() for t in tasks.values())
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run_id).name.startswith("cifar10-seed_cnn-e2-")
+
+    arts = _artifacts(run_id)
+    assert f"{summary['test_acc']:.4f}" in arts["markdown"].data and "wandb sync" in arts["markdown"].data
+    rows = json.loads(arts["table"].data) if isinstance(arts["table"].data, str) else arts["table"].data
+    assert [r["class"] for r in rows] == fakes.CIFAR10_CLASSES
+    assert arts["progress"].data == pytest.approx(100.0)
+
+    # The offline W&B run holds the metrics, the test results and the model artifact.
+    (run_dir,) = offline_run_dirs(tmp_path / "run1")
+    wb = OfflineRun.load(run_dir)
+    assert len(wb.values("val_acc")) == 2 and wb.summary["test_acc"] == pytest.approx(summary["test_acc"])
+    model = wb.artifact("model")
+    assert set(model.aliases) >= {"latest", "best"}
+    meta = json.loads(model.metadata)
+    assert meta["data_fingerprint"] == summary["data_fingerprint"]
+    assert meta["test_metrics"]["test_acc"] == pytest.approx(summary["test_acc"])
+    assert meta["config"]["output_dir"] == str(tmp_path / "run1")
+
+    # Same config, new output dir: download and split come from the cache, no HTTP request.
+    before = len(server.requests)
+    state2, run_id2 = _run(cfg.model_copy(update={"output_dir": tmp_path / "run2"}))
+    assert state2.is_completed()
+    tasks2 = _task_runs(run_id2)
+    assert tasks2["download"].state.name == "Cached" and tasks2["split"].state.name == "Cached"
+    assert tasks2["fit"].state.name == "Completed"
+    assert len(server.requests) == before
+    summary2 = state2.result()
+    assert summary2["data_fingerprint"] == summary["data_fingerprint"]
+    assert summary2["test_acc"] == pytest.approx(summary["test_acc"])  # same seed, same data: same model
+
+
+def test_deleted_data_is_fetched_again_despite_the_cache(make_config, server, tmp_path):
+    cfg = make_config(max_epochs=1, prediction_samples=0, output_dir=tmp_path / "a")
+    assert _run(cfg)[0].is_completed()
+    import shutil
+
+    shutil.rmtree(cfg.data_dir)
+    before = len(server.requests)
+    state, run_id = _run(cfg.model_copy(update={"output_dir": tmp_path / "b"}))
+    assert state.is_completed()
+    assert _task_runs(run_id)["download"].state.name == "Completed"
+    assert len(server.requests) > before
+
+
+def test_download_survives_two_503s(make_config, server):
+    server.fail_next = 2
+    state, run_id = _run(make_config(max_epochs=1, wandb_mode="disabled"))
+    assert state.is_completed()
+    assert [s for _, _, s in server.requests[:2]] == [503, 503]
+    assert _task_runs(run_id)["download"].run_count == 3
+
+
+def test_fit_crash_resumes_from_last_checkpoint(make_config, monkeypatch):
+    started: list[int] = []
+
+    def crash_once_in_second_epoch(self):
+        started.append(self.current_epoch)
+        if started == [0, 1]:
+            raise RuntimeError("injected crash at the start of epoch 2")
+
+    monkeypatch.setattr(LitClassifier, "on_train_epoch_start", crash_once_in_second_epoch)
+    cfg = make_config(max_epochs=3, wandb_mode="disabled")
+    state, run_id = _run(cfg)
+    assert state.is_completed()
+    assert started == [0, 1, 1, 2]  # the retry ran only epochs 2 and 3
+    summary = state.result()
+    assert summary["epochs_completed"] == 3 and summary["resumed_from"].endswith("last.ckpt")
+    assert _task_runs(run_id)["fit"].run_count == 2
+    (resumed,) = (cfg.out / "csv").glob("fit-resumed-*")
+    with open(resumed / "metrics.csv") as f:
+        epochs = {int(r["epoch"]) for r in csv.DictReader(f) if r.get("val_acc")}
+    assert epochs == {1, 2}
+
+
+def test_image_folder_flow_with_a_broken_file(make_config, tmp_path):
+    root = fakes.image_folder(tmp_path / "ds", per_class=12, test_per_class=3)
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not a png")
+    cfg = make_config(dataset="imagefolder", data_dir=root, val_size=0.2, wandb_mode="disabled", max_epochs=1)
+    state, run_id = _run(cfg)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["skipped_images"] == 1
+    assert [r["class"] for r in summary["per_class"]] == ["cat", "dog", "frog"]
+    assert sum(r["support"] for r in summary["per_class"]) == 9  # the test/ folder
+    assert summary["wandb"]["mode"] == "disabled" and summary["model_artifact"]["logged"] is False
+
+
+def test_wrong_checksum_fails_fast_and_clearly(make_config, server):
+    cfg = make_config(download_md5="0" * 32, wandb_mode="disabled")
+    state, run_id = _run(cfg)
+    assert state.is_failed()
+    download = _task_runs(run_id)["download"]
+    assert download.run_count == 1  # not retried: the same bytes would come back
+    with pytest.raises(Exception, match="checksum mismatch"):
+        state.result()
+    assert not (cfg.data_dir / "cifar-10-batches-py").exists()
