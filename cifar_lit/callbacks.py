@@ -26,10 +26,13 @@ class ImagePredictionLogger(Callback):
     """Each validation epoch, log fixed validation images to W&B captioned
     ``Pred: <class>, Label: <class>``, and a Table of the same predictions."""
 
-    def __init__(self, samples: tuple[torch.Tensor, torch.Tensor], class_names: list[str]) -> None:
+    def __init__(
+        self, samples: tuple[torch.Tensor, torch.Tensor], class_names: list[str], denormalize: Callable
+    ) -> None:
         super().__init__()
         self.images, self.labels = samples
         self.class_names = class_names
+        self.denormalize = denormalize
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
@@ -38,8 +41,7 @@ class ImagePredictionLogger(Callback):
         with torch.no_grad():
             probs = pl_module(self.images.to(pl_module.device)).float().softmax(dim=1).cpu()
         conf, preds = probs.max(dim=1)
-        # Undo the (0.5, 0.5) normalisation so W&B shows the real image.
-        pictures = [(x * 0.5 + 0.5).clamp(0, 1) for x in self.images]
+        pictures = [self.denormalize(x) for x in self.images]  # W&B shows the real image
         names = self.class_names
         captions = [f"Pred: {names[p]}, Label: {names[y]}" for p, y in zip(preds.tolist(), self.labels.tolist())]
         import wandb  # W&B only where it logs
@@ -72,10 +74,13 @@ def build_callbacks(
     checkpoint_dir: Path,
     samples: tuple[torch.Tensor, torch.Tensor] | None,
     class_names: list[str],
+    denormalize: Callable,
     on_epoch: EpochHook | None = None,
 ) -> list[Callback]:
-    callbacks: list[Callback] = [
-        EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
+    callbacks: list[Callback] = []
+    if config.patience:  # 0: the recipe's schedule decides the length, not EarlyStopping
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.patience))
+    callbacks += [
         ModelCheckpoint(
             dirpath=checkpoint_dir,
             filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}",
@@ -89,7 +94,7 @@ def build_callbacks(
         TQDMProgressBar(refresh_rate=20),
     ]
     if samples is not None and config.prediction_samples > 0:
-        callbacks.append(ImagePredictionLogger(samples, class_names))
+        callbacks.append(ImagePredictionLogger(samples, class_names, denormalize))
     if on_epoch is not None:
         callbacks.append(EpochHookCallback(on_epoch))
     return callbacks

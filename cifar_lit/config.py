@@ -21,9 +21,32 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 CIFAR_TRAIN_SIZE = 50_000
 
-# The tutorial this project grows from (W&B's "Image classification with PyTorch Lightning"):
-# its small CNN, batch 32, Adam at 2e-4, 2 epochs, a 45k/5k split, EarlyStopping on val_loss.
+_TUTORIAL_EXTRAS = {
+    "label_smoothing": 0.0,
+    "lr_schedule": "constant",
+    "warmup": 0.0,
+    "tta": 0,
+    "data_path": "pil",
+    "channels_last": False,
+    "compile": False,
+    "patience": 3,
+}
+# The fast recipes share the fast data path (tensors on the device, batched flip + translate),
+# Nesterov SGD with label smoothing 0.2 and a triangular learning-rate schedule, and flip +
+# translate test-time augmentation. EarlyStopping is off: the schedule decides the length.
+_FAST = {
+    "optimizer": "sgd",
+    "label_smoothing": 0.2,
+    "lr_schedule": "triangular",
+    "warmup": 0.2,
+    "tta": 2,
+    "data_path": "tensor",
+    "patience": 0,
+}
 RECIPES: dict[str, dict[str, Any]] = {
+    # The tutorial this project grows from (W&B's "Image classification with PyTorch Lightning"):
+    # its small CNN, batch 32, Adam at 2e-4, 2 epochs, EarlyStopping on val_loss, per-sample PIL
+    # transforms.
     "seed": {
         "model": "seed_cnn",
         "batch_size": 32,
@@ -32,11 +55,61 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "adam",
         "weight_decay": 0.0,
         "precision": "32-true",
+        **_TUTORIAL_EXTRAS,
+    },
+    # The fastest CPU recipe measured here (bench/): float32 and channels_last, because this
+    # CPU has no AMX and bf16 ran slower than float32 (see README, Performance).
+    "cpu-fast": {
+        **_FAST,
+        "model": "airnet_s",
+        "batch_size": 512,
+        "max_epochs": 4,
+        "lr": 0.4,
+        "weight_decay": 5e-4,
+        "precision": "32-true",
+        "channels_last": True,
+        "compile": False,
+    },
+    # More epochs of a wider network, for a better model when time allows.
+    "cpu-long": {
+        **_FAST,
+        "model": "airnet_m",
+        "batch_size": 512,
+        "max_epochs": 8,
+        "lr": 0.4,
+        "weight_decay": 5e-4,
+        "precision": "32-true",
+        "channels_last": True,
+        "compile": False,
+    },
+    # The airbench-sized network for one GPU: bf16 autocast, batch 1024, 10 epochs.
+    "gpu-fast": {
+        **_FAST,
+        "model": "airnet94",
+        "batch_size": 1024,
+        "max_epochs": 10,
+        "lr": 0.4,
+        "weight_decay": 5e-4,
+        "precision": "bf16-mixed",
+        "channels_last": True,
+        "compile": False,
     },
 }
+RECIPE_NAMES = ("auto", *RECIPES)
 
 # Fields whose ``None`` means "take the recipe's value".
-RECIPE_FIELDS = ("model", "batch_size", "max_epochs", "lr", "optimizer", "weight_decay", "precision")
+RECIPE_FIELDS = tuple(RECIPES["seed"])
+
+
+def wants_gpu(accelerator: str) -> bool:
+    """True when training will run on a CUDA GPU (``auto`` asks torch)."""
+    if accelerator in ("gpu", "cuda"):
+        return True
+    if accelerator != "auto":
+        return False
+    import torch  # lazy: keeps the CLI's validation fast when no auto recipe is involved
+
+    return torch.cuda.is_available()
 
 Precision = Literal["32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true"]
 
@@ -46,7 +119,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
-    recipe: Literal["seed"] = Field("seed", description="preset filling every field left unset")
+    recipe: Literal["auto", "seed", "cpu-fast", "cpu-long", "gpu-fast"] = Field(
+        "auto", description="preset filling every field left unset; auto: gpu-fast on a GPU, else cpu-fast"
+    )
     # data
     dataset: Literal["cifar10", "cifar100", "imagefolder"] = Field("cifar10", description="which dataset")
     data_dir: Path = Field(Path("data"), description="CIFAR download root, or the image folder (DIR/train/<class>/*)")
@@ -67,13 +142,24 @@ class TrainConfig(BaseModel):
     lr: float | None = Field(None, gt=0, description="learning rate")
     optimizer: Literal["adam", "adamw", "sgd"] | None = Field(None, description="optimizer")
     weight_decay: float | None = Field(None, ge=0, description="weight decay")
-    patience: int = Field(3, ge=1, description="EarlyStopping patience in epochs (on val_loss)")
+    patience: int | None = Field(None, ge=0, description="EarlyStopping patience in epochs on val_loss; 0: off")
+    label_smoothing: float | None = Field(None, ge=0, lt=1, description="label smoothing of the loss")
+    lr_schedule: Literal["constant", "triangular"] | None = Field(
+        None, description="triangular: linear warm-up then linear decay to 0, per step"
+    )
+    warmup: float | None = Field(None, ge=0, lt=1, description="fraction of steps spent warming up")
+    tta: int | None = Field(None, ge=0, le=2, description="test-time augmentation: 0 none, 1 flip, 2 flip + 1px shifts")
     max_time: str | None = Field(None, description="stop fitting after DD:HH:MM:SS (Lightning's max_time)")
     # hardware
     precision: Precision | None = Field(None, description="Lightning precision, e.g. 32-true or bf16-mixed")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator")
     devices: int | str = Field("auto", description="Lightning devices: a count, 'auto' or a list like '0,1'")
-    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes (PIL data path)")
+    data_path: Literal["pil", "tensor"] | None = Field(
+        None, description="pil: the tutorial's per-sample DataLoader; tensor: decoded once, batched on the device"
+    )
+    channels_last: bool | None = Field(None, description="NHWC memory format for the network and batches")
+    compile: bool | None = Field(None, description="torch.compile the model before fitting")
     # tracking and outputs
     prediction_samples: int = Field(16, ge=0, description="validation images logged to W&B with predictions")
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
@@ -135,6 +221,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> TrainConfig:
+        if self.recipe == "auto":
+            object.__setattr__(self, "recipe", "gpu-fast" if wants_gpu(self.accelerator) else "cpu-fast")
         # object.__setattr__: filling defaults must not re-trigger validate_assignment recursively.
         for name, value in RECIPES[self.recipe].items():
             if getattr(self, name) is None:

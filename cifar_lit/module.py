@@ -12,6 +12,18 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 
+def triangular(step: int, total: int, warmup: float, start: float = 0.2) -> float:
+    """Learning-rate factor: linear from ``start`` to 1 over the warm-up, then linear to 0.
+
+    >>> [round(triangular(s, 10, 0.2), 2) for s in (0, 1, 2, 6, 10)]
+    [0.2, 0.6, 1.0, 0.5, 0.0]
+    """
+    peak = max(1, round(warmup * total))
+    if step < peak:
+        return start + (1 - start) * step / peak
+    return max(0.0, (total - step) / max(1, total - peak))
+
+
 class LitClassifier(L.LightningModule):
     def __init__(
         self,
@@ -21,6 +33,10 @@ class LitClassifier(L.LightningModule):
         lr: float = 2e-4,
         optimizer: str = "adam",
         weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        lr_schedule: str = "constant",
+        warmup: float = 0.0,
+        tta: int = 0,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -36,40 +52,66 @@ class LitClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
-        x, y = batch
-        out = self(x)
+    def predict_tta(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs averaged over test-time augmentations: level 1 adds the mirror image, level 2
+        also 1-pixel shifts up-left and down-right of both (reflect padding)."""
+        level = self.hparams.tta
+        views = [x, x.flip(3)] if level >= 1 else [x]
+        if level >= 2:
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            h, w = x.shape[-2:]
+            shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+            views += shifted + [v.flip(3) for v in shifted]
+        return torch.stack([self(v) for v in views]).mean(0)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
         # cross_entropy == nll_loss(log_softmax(out)); on the seed network's log-probabilities
         # the extra log_softmax is the identity, so this is the tutorial's NLL loss.
-        return F.cross_entropy(out, y), out.argmax(dim=1), y
+        return F.cross_entropy(out.float(), y, label_smoothing=smoothing)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, preds, y = self._shared_step(batch)
-        self.train_acc(preds, y)
+        x, y = batch
+        out = self(x)
+        loss = self._loss(out, y, self.hparams.label_smoothing)
+        self.train_acc(out.argmax(dim=1), y)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train_acc", self.train_acc, on_step=True, on_epoch=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, preds, y = self._shared_step(batch)
-        self.val_acc(preds, y)
-        self.log("val_loss", loss, prog_bar=True, sync_dist=True)
+        x, y = batch
+        out = self(x)
+        self.val_acc(out.argmax(dim=1), y)
+        self.log("val_loss", self._loss(out, y), prog_bar=True, sync_dist=True)
         self.log("val_acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        loss, preds, y = self._shared_step(batch)
+        x, y = batch
+        out = self.predict_tta(x)
+        preds = out.argmax(dim=1)
         self.test_acc(preds, y)
         self.test_confusion.update(preds, y)
-        self.log("test_loss", loss, sync_dist=True)
+        self.log("test_loss", self._loss(out, y), sync_dist=True)
         self.log("test_acc", self.test_acc)
 
     def on_test_epoch_end(self) -> None:
         self.confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         hp = self.hparams
+        # No weight decay on biases and normalisation parameters (1-d tensors).
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
         if hp.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
-        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True)
+        else:
+            optimizer = (torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam)(groups, lr=hp.lr)
+        if hp.lr_schedule == "constant":
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: triangular(step, total, hp.warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from cifar_lit.callbacks import EpochHook, build_callbacks
@@ -85,8 +86,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     L.seed_everything(config.seed, workers=True, verbose=False)
     dm = ImageDataModule(config, split_file)
     dm.setup("fit")
-    net = build_model(config.model, dm.num_classes)
-    model = LitClassifier(net, dm.num_classes, dm.classes, config.lr, config.optimizer, config.weight_decay, config.as_dict())
+    model = build_classifier(config, dm)
 
     ckpt_dir = checkpoint_dir(config)
     last = ckpt_dir / "last.ckpt"
@@ -98,14 +98,14 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
 
     samples = dm.val_samples(config.prediction_samples) if config.prediction_samples else None
     start = _StartEpoch()
-    callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, on_epoch) + [start]
+    callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch) + [start]
     steps = max(1, len(dm.train_set) // config.batch_size)
     # A resumed fit logs beside the first attempt's CSV instead of overwriting it.
     stage = "fit" if ckpt_path is None else f"fit-resumed-{time.strftime('%H%M%S')}"
     trainer = _trainer(config, stage, callbacks, steps)
 
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(torch.compile(model) if config.compile else model, datamodule=dm, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - t0
 
     ckpt = trainer.checkpoint_callback
@@ -123,6 +123,29 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     )
 
 
+def build_classifier(config: TrainConfig, dm: ImageDataModule) -> LitClassifier:
+    """The configured network inside a LitClassifier, initialised from the training data where
+    the network asks for it (AirNet's patch whitening)."""
+    net = build_model(config.model, dm.num_classes)
+    if hasattr(net, "init_whitening"):
+        net.init_whitening(dm.whitening_sample())
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return LitClassifier(
+        net,
+        dm.num_classes,
+        dm.classes,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        lr_schedule=config.lr_schedule,
+        warmup=config.warmup,
+        tta=config.tta,
+        config=config.as_dict(),
+    )
+
+
 class _StartEpoch(Callback):
     """Records the epoch training starts at: 0, or the restored epoch on resume."""
 
@@ -134,8 +157,6 @@ class _StartEpoch(Callback):
 
 def load_classifier(checkpoint: Path, map_location: str = "cpu") -> LitClassifier:
     """Rebuild the network from the checkpoint's own hyperparameters and load its weights."""
-    import torch
-
     hp = torch.load(checkpoint, map_location=map_location, weights_only=False)["hyper_parameters"]
     net = build_model(hp["config"]["model"], hp["num_classes"])
     return LitClassifier.load_from_checkpoint(checkpoint, map_location=map_location, net=net)
@@ -146,6 +167,8 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     dm = ImageDataModule(config, split_file)
     dm.setup("test")
     model = load_classifier(Path(checkpoint))
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     # One device: a distributed sampler would pad and repeat test images.
     trainer = _trainer(config, "test", callbacks=[], steps_per_epoch=1, devices=1, enable_progress_bar=False)
     metrics = {k: float(v) for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items()}

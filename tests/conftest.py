@@ -46,6 +46,7 @@ def make_config(tmp_path, server, archives):
     def make(**overrides) -> TrainConfig:
         dataset = overrides.get("dataset", "cifar10")
         base = dict(
+            recipe="seed",
             dataset=dataset,
             data_dir=tmp_path / "data",
             val_size=40,

@@ -20,6 +20,22 @@ def test_seed_recipe_is_the_tutorial():
     c = TrainConfig(recipe="seed")
     assert (c.model, c.batch_size, c.max_epochs, c.lr, c.optimizer) == ("seed_cnn", 32, 2, 2e-4, "adam")
     assert c.val_size == 5000 and c.patience == 3 and c.precision == "32-true"
+    assert (c.data_path, c.tta, c.label_smoothing, c.lr_schedule) == ("pil", 0, 0.0, "constant")
+
+
+def test_auto_recipe_follows_the_hardware():
+    import torch
+
+    assert TrainConfig(accelerator="cpu").recipe == "cpu-fast"
+    assert TrainConfig(accelerator="gpu").recipe == "gpu-fast"
+    assert TrainConfig().recipe == ("gpu-fast" if torch.cuda.is_available() else "cpu-fast")
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_validates_and_fills_every_recipe_field(name):
+    c = TrainConfig(recipe=name)
+    assert all(getattr(c, f) is not None for f in RECIPES["seed"])
+    assert TrainConfig(**c.as_dict()) == c
 
 
 def test_explicit_values_beat_the_recipe():
@@ -64,7 +80,7 @@ def test_config_round_trips_through_json():
 
 
 def test_run_name_and_output_dir():
-    c = TrainConfig()
+    c = TrainConfig(recipe="seed")
     assert c.output_dir is None
     resolved = c.with_output_dir("cifar10-x")
     assert resolved.out == Path("runs/cifar10-x")

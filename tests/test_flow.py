@@ -151,3 +151,13 @@ def test_wrong_checksum_fails_fast_and_clearly(make_config, server):
     with pytest.raises(Exception, match="checksum mismatch"):
         state.result()
     assert not (cfg.data_dir / "cifar-10-batches-py").exists()
+
+
+def test_default_recipe_end_to_end(make_config):
+    cfg = make_config(recipe="auto", accelerator="cpu", batch_size=32, max_epochs=2, prediction_samples=2)
+    state, run_id = _run(cfg)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["config"]["recipe"] == "cpu-fast" and summary["config"]["model"] == "airnet_s"
+    assert summary["epochs_completed"] == 2 and 0 <= summary["test_acc"] <= 1
+    assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export"}

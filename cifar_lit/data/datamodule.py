@@ -17,6 +17,7 @@ from cifar_lit.data.cifar import SOURCES, load_cifar
 from cifar_lit.data.imagefolder import load_rgb32
 from cifar_lit.data.prepare import DataRef, prepare_data
 from cifar_lit.data.split import make_split, read_split, stage_split
+from cifar_lit.data.tensors import DeviceBatches, channel_stats, load_tensors
 
 # The tutorial's normalisation: mean 0.5 and std 0.5 per channel, so inputs lie in [-1, 1].
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -56,7 +57,12 @@ class FileImages(Dataset):
 
 class ImageDataModule(L.LightningDataModule):
     """``prepare_data`` downloads or scans; ``setup`` reads the split file (making one in the
-    output dir when none is given, for standalone use)."""
+    output dir when none is given, for standalone use).
+
+    Two data paths serve the same images: ``pil`` (the tutorial's per-sample transforms in a
+    DataLoader) and ``tensor`` (``cifar_lit.data.tensors``: decoded once, batched on the device,
+    normalised with the training images' own per-channel statistics).
+    """
 
     def __init__(self, config: TrainConfig, split_file: Path | None = None) -> None:
         super().__init__()
@@ -65,6 +71,8 @@ class ImageDataModule(L.LightningDataModule):
         self.transform = tutorial_transform()
         self.split: dict | None = None
         self.train_set = self.val_set = self.test_set = None
+        self.tensors: dict[str, torch.Tensor] | None = None
+        self.mean, self.std = list(MEAN), list(STD)
 
     def prepare_data(self) -> None:
         # With a split file the flow's download stage already prepared the data: skip the work.
@@ -97,7 +105,9 @@ class ImageDataModule(L.LightningDataModule):
         if split["dataset"] != c.dataset:
             raise ValueError(f"{self.split_file}: is a {split['dataset']} split, not {c.dataset}")
         root = Path(c.data_dir).resolve()
-        if split["samples"] is None:  # CIFAR: arrays from the extracted pickles
+        if c.data_path == "tensor":
+            self._setup_tensors(split, root)
+        elif split["samples"] is None:  # CIFAR: arrays from the extracted pickles
             folder = root / SOURCES[c.dataset].base_folder
             if stage in (None, "fit", "validate") and self.train_set is None:
                 images, labels = load_cifar(folder, c.dataset, train=True)
@@ -112,6 +122,37 @@ class ImageDataModule(L.LightningDataModule):
             self.val_set = FileImages(root, samples, split["val"], self.transform)
             self.test_set = FileImages(root, samples, split["test"], self.transform)
 
+    def _setup_tensors(self, split: dict, root: Path) -> None:
+        if self.tensors is not None:
+            return
+        t = load_tensors(split, root)
+        images, labels = t["train"], t["train_labels"]
+        parts = {"train": split["train"], "val": split["val"]}
+        self.tensors = {k: (images[idx], labels[idx]) for k, idx in parts.items()}
+        if split["test"] is None:  # CIFAR's official test set
+            self.tensors["test"] = (t["test"], t["test_labels"])
+        else:
+            self.tensors["test"] = (images[split["test"]], labels[split["test"]])
+        self.mean, self.std = channel_stats(self.tensors["train"][0])
+        self.train_set, self.val_set, self.test_set = (self.tensors[k][0] for k in ("train", "val", "test"))
+
+    def _batches(self, part: str, train: bool, batch_size: int) -> DeviceBatches:
+        trainer, c = self.trainer, self.config
+        images, labels = self.tensors[part]
+        return DeviceBatches(
+            images,
+            labels,
+            batch_size,
+            self.mean,
+            self.std,
+            train=train,
+            seed=c.seed,
+            device=trainer.strategy.root_device if trainer else "cpu",
+            channels_last=c.channels_last,
+            rank=trainer.global_rank if trainer and train else 0,
+            world_size=trainer.world_size if trainer and train else 1,
+        )
+
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         c = self.config
         return DataLoader(
@@ -125,17 +166,43 @@ class ImageDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(c.seed) if shuffle else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
+        if self.tensors is not None:
+            return self._batches("train", train=True, batch_size=self.config.batch_size)
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self):
+        if self.tensors is not None:
+            return self._batches("val", train=False, batch_size=2 * self.config.batch_size)
         return self._loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self):
+        if self.tensors is not None:
+            return self._batches("test", train=False, batch_size=2 * self.config.batch_size)
         return self._loader(self.test_set, shuffle=False)
 
     def val_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` validation images and labels: fixed across epochs for the W&B panel."""
+        """The first ``n`` validation images (normalised) and labels: fixed across epochs."""
+        if self.tensors is not None:
+            images, labels = self.tensors["val"]
+            mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+            std = torch.tensor(self.std).view(1, 3, 1, 1)
+            return (images[:n].float() / 255 - mean) / std, labels[:n].clone()
         n = min(n, len(self.val_set))
         items = [self.val_set[i] for i in range(n)]
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Back to [0, 1] pixels, for showing images."""
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+    def whitening_sample(self, n: int = 5000) -> torch.Tensor:
+        """Normalised training images for data-dependent initialisation (patch whitening)."""
+        if self.tensors is not None:
+            images = self.tensors["train"][0][:n]
+            mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+            std = torch.tensor(self.std).view(1, 3, 1, 1)
+            return (images.float() / 255 - mean) / std
+        return torch.stack([self.train_set[i][0] for i in range(min(n, len(self.train_set)))])

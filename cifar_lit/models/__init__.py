@@ -31,4 +31,4 @@ def build_model(name: str, num_classes: int) -> nn.Module:
 
 
 # Importing a model module registers it.
-from cifar_lit.models import seed_cnn  # noqa: E402,F401
+from cifar_lit.models import airnet, seed_cnn  # noqa: E402,F401

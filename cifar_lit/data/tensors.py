@@ -1,0 +1,136 @@
+"""The fast data path: the dataset decoded once into a uint8 tensor cache, kept in memory (on
+the GPU when training there), normalised and augmented in whole batches on that device.
+
+No PIL and no per-sample Python in the training loop: a batch is one index gather, one
+normalisation, one flip and one translate, each a handful of tensor ops.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cifar_lit.data.cifar import SOURCES, load_cifar
+from cifar_lit.data.imagefolder import load_rgb32
+from cifar_lit.data.prepare import cache_dir
+
+
+def tensor_cache_path(data_dir: Path, content_fingerprint: str) -> Path:
+    return cache_dir(data_dir) / f"tensors-{content_fingerprint[:16]}.pt"
+
+
+def load_tensors(split: dict, data_dir: Path) -> dict[str, torch.Tensor]:
+    """``{"train": uint8 N x 3 x 32 x 32, "train_labels", "test", "test_labels"}`` for the
+    split's data. "train" holds every pool image (train and val indices point into it); for
+    image folders "test" is empty and the split's test indices point into "train" as well.
+    Decoded once and cached beside the data, keyed by the data's content fingerprint."""
+    path = tensor_cache_path(data_dir, split["content_fingerprint"])
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    root = Path(data_dir).resolve()
+    if split["samples"] is None:  # CIFAR: the pickles are already arrays
+        folder = root / SOURCES[split["dataset"]].base_folder
+        parts = [load_cifar(folder, split["dataset"], train=t) for t in (True, False)]
+    else:
+        samples = split["samples"]
+        images = np.stack([np.asarray(load_rgb32(root / rel)) for rel, _ in samples])
+        labels = np.asarray([label for _, label in samples], dtype=np.int64)
+        parts = [(images, labels), (images[:0], labels[:0])]
+    tensors = {}
+    for name, (images, labels) in zip(("train", "test"), parts):
+        tensors[name] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        tensors[f"{name}_labels"] = torch.from_numpy(labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(tensors, tmp)
+    tmp.replace(path)
+    return tensors
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    x = images.float().div_(255)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def flip_and_translate(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
+    """Random horizontal flip and a random translation of up to ``pad`` pixels (reflect
+    padding, so every output pixel comes from the image itself), for a whole batch at once."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=generator) < 0.5
+    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    if pad == 0:
+        return x
+    shifts = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    rows = (shifts[0][:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (shifts[1][:, None] + torch.arange(w, device=x.device))[:, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    # Advanced indexing around the channel slice gives B x H x W x C: channels_last already.
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
+
+
+class DeviceBatches:
+    """An iterable of ``(images, labels)`` batches from tensors kept on ``device``.
+
+    Lightning accepts it wherever it accepts a DataLoader. Shuffling and augmentation draw from
+    a generator seeded with (seed, epoch), so a seed replays the same run; under DDP each rank
+    takes its own slice of the same permutation.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: list[float],
+        std: list[float],
+        *,
+        train: bool = False,
+        pad: int = 2,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.train, self.pad, self.seed = batch_size, train, pad, seed
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.rank, self.world_size = rank, world_size
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
+        self.epoch = 0
+        self._on_device = False
+
+    def _move(self) -> None:
+        if not self._on_device:
+            self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+            self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+            self._on_device = True
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.images) / self.world_size)
+        # Training drops the last partial batch: a tiny final batch adds noise to BatchNorm.
+        return max(1, n // self.batch_size) if self.train else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        self._move()
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        n = len(self.images)
+        order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
+        order = order[self.rank :: self.world_size].to(self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            x = (self.images[idx].float() - self.mean) / self.std
+            if self.train:
+                x = flip_and_translate(x, generator, self.pad)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
