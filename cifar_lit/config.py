@@ -154,6 +154,10 @@ class TrainConfig(BaseModel):
     precision: Precision | None = Field(None, description="Lightning precision, e.g. 32-true or bf16-mixed")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator")
     devices: int | str = Field("auto", description="Lightning devices: a count, 'auto' or a list like '0,1'")
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = Field(
+        "auto", description="Lightning strategy; ddp runs fit as one process per device"
+    )
+    num_nodes: int = Field(1, ge=1, description="machines taking part in a distributed fit (Lightning num_nodes)")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes (PIL data path)")
     data_path: Literal["pil", "tensor"] | None = Field(
         None, description="pil: the tutorial's per-sample DataLoader; tensor: decoded once, batched on the device"

@@ -47,8 +47,11 @@ def _active_run():
     return wandb.run
 
 
-def start_run(config: TrainConfig, name: str | None = None):
-    """Start (or reuse) the pipeline's W&B run; None when W&B is disabled or unavailable."""
+def start_run(config: TrainConfig, name: str | None = None, job_type: str = "pipeline"):
+    """Start (or reuse) the pipeline's W&B run; None when W&B is disabled or unavailable.
+
+    Runs of one pipeline run (the flow's, and a distributed fit's) share the W&B group named
+    after the output dir."""
     mode = resolve_mode(config.wandb_mode)
     if mode == "disabled":
         return None
@@ -68,6 +71,8 @@ def start_run(config: TrainConfig, name: str | None = None):
                 project=config.wandb_project,
                 entity=config.wandb_entity,
                 name=name or out.name,
+                group=out.name,
+                job_type=job_type,
                 dir=str(out),
                 config=config.as_dict(),
                 mode=attempt,

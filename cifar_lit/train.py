@@ -65,6 +65,8 @@ def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, *
         max_time=config.max_time,
         accelerator=config.accelerator,
         devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
         precision=config.precision,
         callbacks=callbacks,
         logger=make_loggers(config, stage),
@@ -170,7 +172,9 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # One device: a distributed sampler would pad and repeat test images.
-    trainer = _trainer(config, "test", callbacks=[], steps_per_epoch=1, devices=1, enable_progress_bar=False)
+    trainer = _trainer(
+        config, "test", callbacks=[], steps_per_epoch=1, devices=1, strategy="auto", num_nodes=1, enable_progress_bar=False
+    )
     metrics = {k: float(v) for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items()}
     confusion = model.confusion
     table = per_class_table(confusion, dm.classes)

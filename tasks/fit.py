@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 from cifar_lit.config import TrainConfig
+from cifar_lit.distributed import fit_in_subprocess, is_distributed
 from cifar_lit.train import fit
 
 log = logging.getLogger(__name__)
@@ -34,4 +35,8 @@ def _progress_hook(artifact_id: UUID | None):
 def fit_model(config: TrainConfig, split_file: Path, progress_artifact: UUID | None = None) -> dict:
     """Fit the model; returns checkpoint paths and validation metrics."""
     resume = task_run.get_run_count() > 1
+    if is_distributed(config):  # DDP: one process per device, started by Lightning (see cifar_lit.distributed)
+        result = fit_in_subprocess(config, split_file, resume=resume)
+        _progress_hook(progress_artifact)(result.epochs_completed, config.max_epochs, result.metrics)
+        return result.to_dict()
     return fit(config, split_file, resume=resume, on_epoch=_progress_hook(progress_artifact)).to_dict()
