@@ -38,8 +38,11 @@ def _artifact_key(config: TrainConfig, what: str) -> str:
     return f"{config.dataset}-{config.model}-{what}".lower().replace("_", "-")
 
 
+DEFAULT_CONFIG = TrainConfig()
+
+
 @flow(name="train", flow_run_name=_run_name, log_prints=True)
-def train_flow(config: TrainConfig = TrainConfig()) -> dict:
+def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> dict:
     """Train, test and export an image classifier; returns the run summary."""
     logger = get_run_logger()
     config = config.with_output_dir(flow_run.get_name())

@@ -29,7 +29,10 @@ from cifar_lit.config import TrainConfig  # noqa: E402
 
 @pytest.fixture(scope="session")
 def archives() -> dict[str, bytes]:
-    return {"cifar10": fakes.cifar_archive("cifar10", n_train=200, n_test=60), "cifar100": fakes.cifar_archive("cifar100", n_train=300, n_test=100)}
+    return {
+        "cifar10": fakes.cifar_archive("cifar10", n_train=200, n_test=60),
+        "cifar100": fakes.cifar_archive("cifar100", n_train=300, n_test=100),
+    }
 
 
 @pytest.fixture

@@ -1,0 +1,416 @@
+"""deployments/: the work-pool templates render GPU requests and prefect.yaml is valid; then, on a
+real Prefect server started here (database in a temp dir): setup.sh creates the pools and the
+failure automation, `prefect deploy` registers the three deployments, a process worker runs the
+local one end to end, headless Chromium shows that run in the UI, the pool's concurrency limit
+keeps two runs apart, and a failed run sends a notification."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from uuid import uuid4
+from zoneinfo import ZoneInfo
+
+import fakes
+import pytest
+import yaml
+from prefect.cli.deploy._models import PrefectYamlModel
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas import filters
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.flows import load_flow_from_entrypoint
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_processes import (
+    REPO,
+    WebhookReceiver,
+    background,
+    cli_env,
+    prefect_server,
+    run_cli,
+    tail,
+    worker_args,
+)
+
+from cifar_lit.config import TrainConfig
+
+DEPLOYMENTS = REPO / "deployments"
+PREFECT_YAML = DEPLOYMENTS / "prefect.yaml"
+GPU_DEPLOYMENTS = ("cifar10-nightly-k8s", "cifar10-nightly-docker")
+POOLS = {"gpu-kubernetes": "kubernetes", "gpu-docker": "docker", "local-process": "process"}
+TASKS = {"download", "split", "fit", "test", "export"}
+RUN_TIMEOUT = 600  # seconds for one tiny flow run: generous, the machine may be busy
+
+
+def _spec() -> dict:
+    return yaml.safe_load(PREFECT_YAML.read_text())
+
+
+def _deployment(name: str) -> dict:
+    return next(d for d in _spec()["deployments"] if d["name"] == name)
+
+
+def _template(pool: str) -> dict:
+    return json.loads((DEPLOYMENTS / "work-pools" / f"{pool}.json").read_text())
+
+
+def _render(config_cls, deployment: str):
+    """The job configuration a worker of the deployment's pool builds for one of its runs."""
+    pool = _deployment(deployment)["work_pool"]
+    # A client for an address where nothing listens: the templates reference no blocks or
+    # variables, so rendering must not need the API (without a client, Prefect would start its
+    # ephemeral one).
+    client = PrefectClient("http://127.0.0.1:9/api")
+    config = asyncio.run(config_cls.from_template_and_values(_template(pool["name"]), pool["job_variables"], client=client))
+    flow_run = FlowRun(id=uuid4(), flow_id=uuid4(), name="nightly-test")
+    config.prepare_for_flow_run(flow_run)
+    return config, flow_run, pool["job_variables"]
+
+
+# ---- no server needed ----------------------------------------------------------------------
+
+
+def test_kubernetes_template_renders_a_one_gpu_job():
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    config, flow_run, job_variables = _render(KubernetesWorkerJobConfiguration, "cifar10-nightly-k8s")
+    pod = config.job_manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 1, "memory": "16Gi"}
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"}
+    assert container["image"] == job_variables["image"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert container["args"] == ["prefect", "flow-run", "execute"]
+    assert {"name": "PREFECT__FLOW_RUN_ID", "value": str(flow_run.id)} in container["env"]
+
+
+def test_docker_template_renders_a_gpu_device_request():
+    import docker
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    config, _, job_variables = _render(DockerWorkerJobConfiguration, "cifar10-nightly-docker")
+    assert config.image == job_variables["image"]
+    # The worker hands container_create_kwargs to docker-py, which turns them into the host
+    # config the engine gets (with an explicit API version, no Docker daemon is contacted).
+    host_config = docker.APIClient(version="1.44").create_host_config(
+        mem_limit=config.mem_limit, **config.container_create_kwargs
+    )
+    assert host_config["DeviceRequests"] == [
+        {"Driver": "nvidia", "Count": 1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+    ]
+    assert host_config["ShmSize"] == 2 * 1024**3 and host_config["Memory"] == 16 * 1024**3
+
+
+def test_templates_expose_gpu_count_image_node_selector_and_tolerations():
+    assert {"gpu_count", "image", "node_selector", "tolerations"} <= set(_template("gpu-kubernetes")["variables"]["properties"])
+    assert {"gpu_count", "image"} <= set(_template("gpu-docker")["variables"]["properties"])
+    for name in GPU_DEPLOYMENTS:  # a misspelt job variable would be silently ignored
+        pool = _deployment(name)["work_pool"]
+        assert set(pool["job_variables"]) <= set(_template(pool["name"])["variables"]["properties"]), name
+
+
+def test_prefect_yaml_is_valid(monkeypatch):
+    monkeypatch.chdir(REPO)  # entrypoints are relative to the repository root, as for `prefect deploy`
+    spec = _spec()
+    model = PrefectYamlModel.model_validate(spec)
+    assert [d.name for d in model.deployments] == [*GPU_DEPLOYMENTS, "cifar10-local"]
+    assert {d.work_pool.name for d in model.deployments} == set(POOLS)
+    for deployment in model.deployments:
+        assert deployment.entrypoint == "flows/train_flow.py:train_flow"
+        flow = load_flow_from_entrypoint(deployment.entrypoint)
+        assert flow.name == "train"
+        assert isinstance(flow.validate_parameters(deployment.parameters)["config"], TrainConfig)
+    for name in GPU_DEPLOYMENTS:
+        (schedule,) = _deployment(name)["schedules"]
+        cron = CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
+        assert (cron.cron, cron.timezone, schedule["active"]) == ("0 2 * * *", "Europe/Berlin", True)
+        config = TrainConfig(**_deployment(name)["parameters"]["config"])
+        assert (config.accelerator, config.precision, config.devices) == ("gpu", "bf16-mixed", 1)
+        assert config.wandb_mode == "auto"
+    local = _deployment("cifar10-local")
+    assert not any(s.get("active", True) for s in local["schedules"])
+    assert TrainConfig(**local["parameters"]["config"]).accelerator == "cpu"
+    # GPU runs clone the code and install it; local runs use the checkout they were deployed from.
+    clone, install = spec["pull"]
+    assert next(iter(clone)) == "prefect.deployments.steps.git_clone"
+    assert install["prefect.deployments.steps.run_shell_script"]["script"] == "pip install --quiet -e ."
+    assert next(iter(local["pull"][0])) == "prefect.deployments.steps.set_working_directory"
+
+
+# ---- on a real server ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """`prefect server start` for this module; this process's client points at it."""
+    with (
+        prefect_server(tmp_path_factory.mktemp("prefect-server")) as api_url,
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+    ):
+        yield api_url
+
+
+@pytest.fixture(scope="module")
+def env(api, tmp_path_factory) -> dict[str, str]:
+    """The environment of CLI commands and workers (which their flow-run processes inherit)."""
+    return cli_env(api, tmp_path_factory.mktemp("prefect-client"), PREFECT_WORKER_QUERY_SECONDS="2")
+
+
+@pytest.fixture(scope="module")
+def deployed(env, webhook) -> dict:
+    """setup.sh (pools, notification block, automation), then `prefect deploy` of prefect.yaml."""
+    run_cli(["bash", str(DEPLOYMENTS / "setup.sh"), "--webhook-url", webhook.url], env)
+    run_cli(["prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_YAML)], env)
+    names = (*GPU_DEPLOYMENTS, "cifar10-local")
+    with get_client(sync_client=True) as client:
+        return {name: client.read_deployment_by_name(f"train/{name}") for name in names}
+
+
+def _create_run(deployment, config: TrainConfig) -> FlowRun:
+    with get_client(sync_client=True) as client:
+        return client.create_flow_run_from_deployment(deployment.id, parameters={"config": config.model_dump(mode="json")})
+
+
+def _wait_for_final(run_ids, worker, log: Path, timeout: float = RUN_TIMEOUT) -> list[FlowRun]:
+    """The flow runs, once all are final; fails early when the worker is gone before."""
+    deadline = time.monotonic() + timeout
+    while True:
+        worker_gone = worker.poll() is not None  # read first: a --run-once worker exits when done
+        with get_client(sync_client=True) as client:
+            runs = [client.read_flow_run(i) for i in run_ids]
+        if all(r.state.is_final() for r in runs):
+            return runs
+        if worker_gone:
+            raise AssertionError(f"worker exited {worker.returncode} first:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            states = [(r.name, r.state.name) for r in runs]
+            raise AssertionError(f"runs not final after {timeout}s: {states}\n{tail(log)}")
+        time.sleep(1)
+
+
+def _of_run(flow_run_id) -> filters.FlowRunFilter:
+    return filters.FlowRunFilter(id=filters.FlowRunFilterId(any_=[flow_run_id]))
+
+
+def _task_runs(flow_run_id) -> dict:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=_of_run(flow_run_id))
+    return {r.name.rsplit("-", 1)[0]: r for r in runs}
+
+
+def _artifacts(flow_run_id) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(flow_run_filter=_of_run(flow_run_id))
+
+
+@pytest.fixture(scope="module")
+def local_run(deployed, env, archives, tmp_path_factory):
+    """One run of cifar10-local on tiny CIFAR served from 127.0.0.1, by `prefect worker start
+    --run-once`. Module-scoped: the end-to-end and the browser tests look at the same run."""
+    tmp = tmp_path_factory.mktemp("local-run")
+    server = fakes.FileServer({"/cifar10.tar.gz": archives["cifar10"]}).start()
+    try:
+        config = TrainConfig(
+            data_dir=tmp / "data",
+            download_url=server.url("/cifar10.tar.gz"),
+            download_md5=fakes.md5(archives["cifar10"]),
+            val_size=40,
+            batch_size=16,
+            max_epochs=1,
+            num_workers=0,
+            accelerator="cpu",
+            devices=1,
+            prediction_samples=4,
+            wandb_mode="offline",
+            output_dir=tmp / "out",
+        )
+        run = _create_run(deployed["cifar10-local"], config)
+        log = tmp / "worker.log"
+        with background(worker_args("local-process", run_once=True), log, env=env, cwd=tmp) as worker:
+            (run,) = _wait_for_final([run.id], worker, log)
+            worker.wait(60)  # --run-once returns once its run is done
+        return run, config, log
+    finally:
+        server.stop()
+
+
+def test_setup_creates_the_pools_and_the_automation(deployed):
+    with get_client(sync_client=True) as client:
+        pools = {name: client.read_work_pool(name) for name in POOLS}
+        (automation,) = client.read_automations_by_name("cifar-lit-training-failed")
+    assert {name: pool.type for name, pool in pools.items()} == POOLS
+    for name in ("gpu-kubernetes", "gpu-docker"):
+        assert pools[name].base_job_template == _template(name)
+    # One run at a time per GPU pool; the local pool carries the same limit (tested below).
+    assert {name: pool.concurrency_limit for name, pool in pools.items()} == dict.fromkeys(POOLS, 1)
+    assert automation.enabled
+    assert automation.trigger.expect >= {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    (action,) = automation.actions
+    with get_client(sync_client=True) as client:
+        webhook_block = client.read_block_document_by_name("cifar-lit-failures", "custom-webhook")
+    assert action.type == "send-notification" and action.block_document_id == webhook_block.id
+
+
+def test_rerunning_the_alert_setup_with_an_existing_block_replaces_the_automation(deployed, env):
+    # --block: a notification block made in the UI; here, the webhook block setup.sh saved.
+    run_cli(["python", str(DEPLOYMENTS / "notify_on_failure.py"), "--block", "custom-webhook/cifar-lit-failures"], env)
+    with get_client(sync_client=True) as client:
+        (automation,) = client.read_automations_by_name("cifar-lit-training-failed")
+        webhook_block = client.read_block_document_by_name("cifar-lit-failures", "custom-webhook")
+    assert automation.actions[0].block_document_id == webhook_block.id
+
+
+def test_deploy_registers_gpu_schedules_with_cron_and_timezone(deployed):
+    berlin = ZoneInfo("Europe/Berlin")
+    for name in GPU_DEPLOYMENTS:
+        deployment = deployed[name]
+        (schedule,) = deployment.schedules
+        assert schedule.active
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
+        assert deployment.parameters == _deployment(name)["parameters"]
+        assert deployment.job_variables["gpu_count"] == 1
+        assert deployment.pull_steps[0]["prefect.deployments.steps.git_clone"]["branch"] == "main"
+        # The server's scheduler turns the schedule into runs at 02:00 Berlin time.
+        of_deployment = filters.DeploymentFilter(id=filters.DeploymentFilterId(any_=[deployment.id]))
+        deadline = time.monotonic() + 120
+        while True:
+            with get_client(sync_client=True) as client:
+                scheduled = client.read_flow_runs(deployment_filter=of_deployment)
+            if scheduled or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert scheduled, f"no runs scheduled for {name}"
+        for run in scheduled:
+            assert run.state.is_scheduled() and run.expected_start_time > datetime.now(berlin)
+            start = run.expected_start_time.astimezone(berlin)
+            assert (start.hour, start.minute) in {(2, 0), (3, 0)}  # 03:00: the night clocks go forward
+    local = deployed["cifar10-local"]
+    assert not any(s.active for s in local.schedules)
+    # The checkout `prefect deploy` ran in, recorded by the build step.
+    assert local.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+
+
+@pytest.mark.slow
+def test_local_deployment_runs_end_to_end_on_a_worker(local_run):
+    run, config, log = local_run
+    assert run.state.is_completed(), f"{run.state}\n{tail(log)}"
+    tasks = _task_runs(run.id)
+    assert {name: task.state.name for name, task in tasks.items()} == dict.fromkeys(TASKS, "Completed")
+    summary = json.loads((config.out / "summary.json").read_text())
+    assert summary["config"]["max_epochs"] == 1 and summary["wandb"]["mode"] == "offline"
+    artifacts = {a.type: a for a in _artifacts(run.id)}
+    prefix = f"cifar10-{summary['config']['model']}".replace("_", "-")
+    keys = {a.key for a in artifacts.values()}
+    assert keys == {f"{prefix}-summary", f"{prefix}-per-class", f"{prefix}-progress"}
+    assert f"{summary['test_acc']:.4f}" in artifacts["markdown"].data
+    rows = artifacts["table"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert [r["class"] for r in rows] == fakes.CIFAR10_CLASSES
+
+
+def _chromium(user_data_dir: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={user_data_dir}",
+        "--window-size=1400,1300",
+    ):
+        options.add_argument(arg)
+    # An explicit driver, so Selenium Manager never tries to download one.
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+
+
+@pytest.mark.slow
+def test_flow_run_page_shows_tasks_and_artifacts_in_chromium(api, local_run, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run, _, _ = local_run
+    artifact_keys = [a.key for a in _artifacts(run.id)]
+    browser = _chromium(tmp_path / "chromium-profile")
+    shown = {}
+    try:
+        browser.set_page_load_timeout(120)
+        browser.get(f"{api.removesuffix('/api')}/runs/flow-run/{run.id}")
+        wait = WebDriverWait(browser, 120, poll_frequency=0.5)
+        wait.until(lambda b: run.name in b.find_element(By.TAG_NAME, "body").text)
+        for tab, expected in (("task-runs", [f"{t}-" for t in TASKS]), ("artifacts", artifact_keys)):
+            wait.until(lambda b, tab=tab: b.find_elements(By.ID, tab))[0].click()  # the tab's title
+
+            def panel(b, tab=tab) -> str:
+                found = b.find_elements(By.ID, f"{tab}-content")
+                return found[0].text if found else ""
+
+            wait.until(lambda b, panel=panel, expected=expected: all(e in panel(b) for e in expected))
+            shown[tab] = panel(browser)
+            browser.save_screenshot(str(tmp_path / f"flow-run-{tab}.png"))
+    except Exception:
+        browser.save_screenshot(str(tmp_path / "failure.png"))  # what the page showed instead
+        raise
+    finally:
+        browser.quit()
+    assert shown["task-runs"].count("Completed") >= len(TASKS)
+    assert all(key in shown["artifacts"] for key in artifact_keys) and len(artifact_keys) == 3
+    for tab in shown:
+        assert (tmp_path / f"flow-run-{tab}.png").stat().st_size > 10_000  # a rendered page, not a blank
+        if docs := os.environ.get("CIFAR_LIT_SCREENSHOT_DIR"):  # how docs/ got its screenshots
+            shutil.copy(tmp_path / f"flow-run-{tab}.png", Path(docs) / f"prefect-flow-run-{tab}.png")
+
+
+@pytest.mark.slow
+def test_pool_concurrency_limit_runs_one_training_at_a_time(deployed, env, make_config, tmp_path):
+    # local-process carries the GPU pools' limit (see above): two runs created together must
+    # not overlap, whichever the worker picks first.
+    configs = [make_config(max_epochs=1, wandb_mode="disabled", output_dir=tmp_path / f"run{i}") for i in (1, 2)]
+    runs = [_create_run(deployed["cifar10-local"], config) for config in configs]
+    log = tmp_path / "worker.log"
+    with background(worker_args("local-process"), log, env=env, cwd=tmp_path) as worker:
+        runs = _wait_for_final([r.id for r in runs], worker, log, timeout=2 * RUN_TIMEOUT)
+    assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    assert first.end_time <= second.start_time
+    fit_first, fit_second = _task_runs(first.id)["fit"], _task_runs(second.id)["fit"]
+    assert fit_first.end_time <= fit_second.start_time
+
+
+@pytest.mark.slow
+def test_failed_run_sends_a_notification(deployed, env, webhook, make_config, tmp_path):
+    assert webhook.bodies == []  # the completed runs above notified no one
+    config = make_config(max_epochs=1, wandb_mode="disabled", download_md5="0" * 32)  # wrong checksum
+    run = _create_run(deployed["cifar10-local"], config)
+    log = tmp_path / "worker.log"
+    with background(worker_args("local-process", run_once=True), log, env=env, cwd=tmp_path) as worker:
+        (run,) = _wait_for_final([run.id], worker, log)
+    assert run.state.is_failed()
+    deadline = time.monotonic() + 120  # events reach the automation asynchronously
+    while not webhook.bodies and time.monotonic() < deadline:
+        time.sleep(1)
+    (body,) = webhook.bodies
+    text = body["text"]
+    assert text.startswith(f"Training run {run.name} Failed\ncifar10-local: flow run {run.name} ended Failed.")
+    assert "checksum mismatch" in text and text.endswith(f"/runs/flow-run/{run.id}")
