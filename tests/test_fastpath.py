@@ -71,7 +71,10 @@ def test_augmentation_is_seeded_and_stays_inside_the_image():
             windows = [padded[:, r : r + 32, s : s + 32] for r in range(5) for s in range(5)]
             found |= any(torch.equal(a[i], w) for w in windows)
         assert found, i
-    assert a.is_contiguous(memory_format=torch.channels_last)
+    # Batches from DeviceBatches honour channels_last.
+    batches = DeviceBatches((x * 255).to(torch.uint8), torch.zeros(64, dtype=torch.long), 16, [0.5] * 3, [0.25] * 3,
+                            train=True, channels_last=True)
+    assert all(b.is_contiguous(memory_format=torch.channels_last) for b, _ in batches)
 
 
 def test_device_batches_epochs_and_ranks():

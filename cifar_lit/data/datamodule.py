@@ -151,6 +151,7 @@ class ImageDataModule(L.LightningDataModule):
             channels_last=c.channels_last,
             rank=trainer.global_rank if trainer and train else 0,
             world_size=trainer.world_size if trainer and train else 1,
+            epoch_of=(lambda: trainer.current_epoch) if trainer and train else None,
         )
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
