@@ -237,7 +237,7 @@ def table(r: dict) -> str:
         ("(c) plain PyTorch loop", f"{c['plain_steps_per_s']:.2f} steps/s", "baseline"),
         ("(c) Lightning", f"{c['lightning_steps_per_s']:.2f} steps/s", f"{c['lightning_overhead']:+.1%} overhead"),
         ("(d) direct fit + test", f"{direct:.1f} s", "baseline"),
-        ("(d) whole flow, Prefect API up", f"{d['flow_seconds']:.1f} s", f"+{d['flow_seconds'] - direct:.1f} s"),
+        ("(d) whole flow, Prefect API up", f"{d['flow_seconds']:.1f} s", f"{d['flow_seconds'] - direct:+.1f} s"),
         ("(d) first flow of a process, 1 epoch", f"{d['warmup_flow_seconds']:.1f} s", "starts the ephemeral API"),
         ("(d) cached re-run: download + split", f"{d['rerun_download_split_seconds']:.2f} s",
          "/".join(d["rerun_states"].values())),
