@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cifar_lit.data.cifar import SOURCES, load_cifar
+from cifar_lit.data.cifar import load_cifar
 from cifar_lit.data.imagefolder import DataError
 from cifar_lit.data.prepare import DataRef, cache_dir, write_json_atomic
 
@@ -119,7 +119,3 @@ def stage_split(split_file: Path, output_dir: Path) -> Path:
     shutil.copyfile(split_file, tmp)
     tmp.replace(dest)
     return dest
-
-
-def is_cifar(dataset: str) -> bool:
-    return dataset in SOURCES
