@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import re
 
-import lightning as L
 import pytest
 import torch
 from wandb_files import OfflineRun, offline_run_dirs
@@ -134,7 +133,6 @@ def test_export_without_wandb_reports_not_logged(make_config):
     cfg = make_config(wandb_mode="disabled")
     ckpt = cfg.out / "x.ckpt"
     cfg.out.mkdir(parents=True)
-    L.Trainer  # noqa: B018 - the checkpoint content does not matter to export
     ckpt.write_bytes(b"weights")
     assert export_model(cfg, ckpt, {"test_acc": 0.5}, "fp")["logged"] is False
     with pytest.raises(FileNotFoundError, match="best_checkpoint"):

@@ -186,12 +186,16 @@ class ImageDataModule(L.LightningDataModule):
         """The first ``n`` validation images (normalised) and labels: fixed across epochs."""
         if self.tensors is not None:
             images, labels = self.tensors["val"]
-            mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-            std = torch.tensor(self.std).view(1, 3, 1, 1)
-            return (images[:n].float() / 255 - mean) / std, labels[:n].clone()
+            return self._normalise(images[:n]), labels[:n].clone()
         n = min(n, len(self.val_set))
         items = [self.val_set[i] for i in range(n)]
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (tensor path) as the network sees them."""
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (images.float() / 255 - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] pixels, for showing images."""
@@ -202,8 +206,5 @@ class ImageDataModule(L.LightningDataModule):
     def whitening_sample(self, n: int = 5000) -> torch.Tensor:
         """Normalised training images for data-dependent initialisation (patch whitening)."""
         if self.tensors is not None:
-            images = self.tensors["train"][0][:n]
-            mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-            std = torch.tensor(self.std).view(1, 3, 1, 1)
-            return (images.float() / 255 - mean) / std
+            return self._normalise(self.tensors["train"][0][:n])
         return torch.stack([self.train_set[i][0] for i in range(min(n, len(self.train_set)))])
