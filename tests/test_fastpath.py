@@ -102,7 +102,7 @@ def test_whitening_decorrelates_patches():
     flat = out.permute(1, 0, 2, 3).reshape(12, -1)
     cov = torch.cov(flat)
     assert torch.allclose(cov, torch.eye(12), atol=0.05)
-    assert not net.whiten.weight.requires_grad
+    assert not net.whiten.weight.requires_grad and not net.whiten.bias.requires_grad
 
 
 def test_fast_recipe_learns_on_cpu(make_config):
