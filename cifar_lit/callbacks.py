@@ -76,19 +76,20 @@ def build_callbacks(
     class_names: list[str],
     denormalize: Callable,
     on_epoch: EpochHook | None = None,
+    validate: bool = True,
 ) -> list[Callback]:
     callbacks: list[Callback] = []
     if config.patience:  # 0: the recipe's schedule decides the length, not EarlyStopping
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.patience))
+    # Without validation there is nothing to rank checkpoints by: last.ckpt alone is kept.
+    best = {"monitor": "val_acc", "mode": "max", "save_top_k": 1} if validate else {"monitor": None, "save_top_k": 0}
     callbacks += [
         ModelCheckpoint(
             dirpath=checkpoint_dir,
             filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}",
             auto_insert_metric_name=False,
-            monitor="val_acc",
-            mode="max",
-            save_top_k=1,
             save_last=True,
+            **best,
         ),
         LearningRateMonitor(logging_interval="epoch"),
         TQDMProgressBar(refresh_rate=20),

@@ -45,7 +45,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         choices = _choices(info.annotation)
         default = "the recipe's value" if name in RECIPE_FIELDS else info.default
         if name == "val_size":
-            default = "5000 for CIFAR, 0.1 otherwise"
+            default = "0 in the fast recipes, else 5000 for CIFAR, 0.1 for image folders"
         help_text = info.description or ""
         if choices:
             help_text += f"; one of {', '.join(choices)}"

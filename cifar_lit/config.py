@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 CIFAR_TRAIN_SIZE = 50_000
 
@@ -42,7 +42,14 @@ _FAST = {
     "tta": 2,
     "data_path": "tensor",
     "patience": 0,
+    # No validation split: with no early stopping there is nothing to select, so the fast
+    # recipes train on every image but the held-out test set, as airbench does (5,000 more
+    # images were worth about 1 point in 4 epochs here). --val-size N brings val curves back.
+    "val_size": 0,
 }
+# A recipe value, not a Lightning precision: "bf16-mixed" on a CPU with AMX tiles, else "32-true".
+BF16_WITH_AMX = "bf16-mixed if AMX else 32-true"
+
 RECIPES: dict[str, dict[str, Any]] = {
     # The tutorial this project grows from (W&B's "Image classification with PyTorch Lightning"):
     # its small CNN, batch 32, Adam at 2e-4, 2 epochs, EarlyStopping on val_loss, per-sample PIL
@@ -57,9 +64,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "32-true",
         **_TUTORIAL_EXTRAS,
     },
-    # The fastest CPU recipe measured here (bench/): float32 and channels_last, because this
-    # CPU has no AMX and bf16 ran slower than float32 (see README, Performance). Flip-only TTA:
-    # adding 1px shifts cost 3x the test passes for no measured gain on CPU-sized networks.
+    # The fastest CPU recipe measured here (bench/). channels_last; bf16 autocast only where
+    # the CPU has AMX: without it (this project's 2-core Xeon) bf16 convolutions and matrix
+    # products ran slower than float32 (see README, Performance). Flip-only TTA: adding 1px
+    # shifts costs 3x the test passes for no gain beyond noise on CPU-sized networks.
     "cpu-fast": {
         **_FAST,
         "tta": 1,
@@ -70,7 +78,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "max_epochs": 4,
         "lr": 0.4,
         "weight_decay": 5e-4,
-        "precision": "32-true",
+        "precision": BF16_WITH_AMX,
         "channels_last": True,
         "compile": False,
     },
@@ -83,7 +91,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "tta": 1,
         "lr": 0.4,
         "weight_decay": 5e-4,
-        "precision": "32-true",
+        "precision": BF16_WITH_AMX,
         "channels_last": True,
         "compile": False,
     },
@@ -103,7 +111,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 RECIPE_NAMES = ("auto", *RECIPES)
 
 # Fields whose ``None`` means "take the recipe's value".
-RECIPE_FIELDS = tuple(RECIPES["seed"])
+RECIPE_FIELDS = tuple(RECIPES["seed"])  # val_size too, though "seed" leaves it to the dataset default
 
 
 def wants_gpu(accelerator: str) -> bool:
@@ -115,6 +123,14 @@ def wants_gpu(accelerator: str) -> bool:
     import torch  # lazy: keeps the CLI's validation fast when no auto recipe is involved
 
     return torch.cuda.is_available()
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU reports AMX bf16 tiles (Linux; False where that cannot be read)."""
+    try:
+        return "amx_bf16" in cpuinfo.read_text().split()
+    except OSError:
+        return False
+
 
 Precision = Literal["32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true"]
 
@@ -133,7 +149,9 @@ class TrainConfig(BaseModel):
     download_url: str | None = Field(None, description="mirror URL of the CIFAR archive (default: the official one)")
     download_md5: str | None = Field(None, description="expected md5 of the archive at --download-url")
     val_size: int | float | None = Field(
-        None, description="validation images: a count or a fraction of train (default 5000 for CIFAR, 0.1 otherwise)"
+        None,
+        description="validation images: a count or a fraction of train; 0: none (default: 0 in the fast recipes, "
+        "else 5000 for CIFAR, 0.1 for image folders)",
     )
     test_size: int | float = Field(0.1, description="image folders without test/: held-out test count or fraction")
     seed: int = Field(42, description="seed for the split, initialisation and shuffling")
@@ -180,15 +198,16 @@ class TrainConfig(BaseModel):
 
     @field_validator("val_size", "test_size")
     @classmethod
-    def _count_or_fraction(cls, v: int | float | None) -> int | float | None:
+    def _count_or_fraction(cls, v: int | float | None, info: ValidationInfo) -> int | float | None:
         if v is None:
             return v
-        if isinstance(v, float) and v.is_integer() and v >= 1:
+        least = 0 if info.field_name == "val_size" else 1  # no validation is fine; no test set is not
+        if isinstance(v, float) and v.is_integer() and (v >= 1 or v == least):
             v = int(v)
         if isinstance(v, float) and not 0 < v < 1:
             raise ValueError(f"a fraction must be between 0 and 1 exclusive, got {v}")
-        if isinstance(v, int) and v < 1:
-            raise ValueError(f"a count must be at least 1, got {v}")
+        if isinstance(v, int) and v < least:
+            raise ValueError(f"a count must be at least {least}, got {v}")
         return v
 
     @field_validator("download_md5")
@@ -235,9 +254,13 @@ class TrainConfig(BaseModel):
         # object.__setattr__: filling defaults must not re-trigger validate_assignment recursively.
         for name, value in RECIPES[self.recipe].items():
             if getattr(self, name) is None:
+                if value == BF16_WITH_AMX:
+                    value = "bf16-mixed" if cpu_has_amx() else "32-true"
                 object.__setattr__(self, name, value)
         if self.val_size is None:
             object.__setattr__(self, "val_size", 0.1 if self.dataset == "imagefolder" else 5000)
+        if self.patience and self.val_size == 0:
+            raise ValueError("patience: EarlyStopping watches val_loss, so it needs --val-size above 0 (or --patience 0)")
         if self.dataset == "imagefolder":
             if not (self.data_dir / "train").is_dir():
                 raise ValueError(f"data_dir: {self.data_dir} has no train/ folder (expected DIR/train/<class>/*)")

@@ -79,7 +79,8 @@ def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, *
 
 
 def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: EpochHook | None = None) -> FitResult:
-    """Train ``config.model`` on the split's train part, validating every epoch.
+    """Train ``config.model`` on the split's train part, validating every epoch when the split
+    has validation images (without them, the checkpoint of the last epoch is the best one).
 
     ``resume=True`` continues from ``<output_dir>/checkpoints/last.ckpt`` when it exists (a
     retried fit loses at most the epoch it crashed in). Without it, a checkpoint dir that
@@ -98,13 +99,14 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     elif ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
         raise OutputDirError(f"output_dir: {config.out} already holds checkpoints; use a new --output-dir")
 
-    samples = dm.val_samples(config.prediction_samples) if config.prediction_samples else None
+    samples = dm.val_samples(config.prediction_samples) if config.prediction_samples and dm.has_val else None
     start = _StartEpoch()
-    callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch) + [start]
+    callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch, dm.has_val) + [start]
     steps = max(1, len(dm.train_set) // config.batch_size)
     # A resumed fit logs beside the first attempt's CSV instead of overwriting it.
     stage = "fit" if ckpt_path is None else f"fit-resumed-{time.strftime('%H%M%S')}"
-    trainer = _trainer(config, stage, callbacks, steps)
+    no_val = {} if dm.has_val else {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+    trainer = _trainer(config, stage, callbacks, steps, **no_val)
 
     t0 = time.perf_counter()
     trainer.fit(torch.compile(model) if config.compile else model, datamodule=dm, ckpt_path=ckpt_path)

@@ -43,17 +43,28 @@ def test_explicit_values_beat_the_recipe():
     assert (c.batch_size, c.lr, c.max_epochs) == (64, 0.01, RECIPES["seed"]["max_epochs"])
 
 
-def test_val_size_defaults_depend_on_dataset(tmp_path):
+def test_val_size_defaults_depend_on_recipe_and_dataset(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
-    assert TrainConfig(dataset="cifar100").val_size == 5000
-    assert TrainConfig(dataset="imagefolder", data_dir=tmp_path).val_size == 0.1
+    assert TrainConfig(recipe="seed", dataset="cifar100").val_size == 5000
+    assert TrainConfig(recipe="seed", dataset="imagefolder", data_dir=tmp_path).val_size == 0.1
+    # The fast recipes stop by schedule, not EarlyStopping: no images are set aside to validate.
+    for recipe in ("cpu-fast", "cpu-long", "gpu-fast"):
+        assert TrainConfig(recipe=recipe, dataset="cifar100").val_size == 0
+    assert TrainConfig(recipe="cpu-fast", val_size=5000).val_size == 5000
+    assert TrainConfig(recipe="seed", val_size=0.0, patience=0).val_size == 0
+
+
+def test_early_stopping_without_validation_is_refused():
+    with pytest.raises(ValidationError, match="patience.*--val-size"):
+        TrainConfig(recipe="seed", val_size=0)
 
 
 @pytest.mark.parametrize(
     "kwargs, field",
     [
         ({"max_epochs": 0}, "max_epochs"),
-        ({"val_size": 0}, "val_size"),
+        ({"val_size": -1}, "val_size"),
+        ({"test_size": 0}, "test_size"),
         ({"val_size": 1.5}, "val_size"),
         ({"val_size": 50000}, "val_size"),
         ({"model": "nope"}, "model"),
@@ -130,3 +141,20 @@ def test_script_help_and_bad_flag_from_a_real_process():
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["train_flow.py: error: --batch-size: Input should be greater than or equal to 1"]
+
+
+def test_cpu_recipes_take_bf16_only_where_the_cpu_has_amx(monkeypatch, tmp_path):
+    from cifar_lit import config
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    assert config.cpu_has_amx(info)
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16\n")  # bf16 vector instructions alone are not enough
+    assert not config.cpu_has_amx(info)
+    assert not config.cpu_has_amx(tmp_path / "missing")
+    for has_amx, precision in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(config, "cpu_has_amx", lambda: has_amx)
+        assert TrainConfig(recipe="cpu-fast").precision == precision
+        assert TrainConfig(recipe="cpu-long").precision == precision
+        assert TrainConfig(recipe="cpu-fast", precision="32-true").precision == "32-true"
+        assert TrainConfig(recipe="gpu-fast").precision == "bf16-mixed"

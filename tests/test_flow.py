@@ -154,12 +154,20 @@ def test_wrong_checksum_fails_fast_and_clearly(make_config, server):
 
 
 def test_default_recipe_end_to_end(make_config):
-    cfg = make_config(recipe="auto", accelerator="cpu", batch_size=32, max_epochs=2, prediction_samples=2)
+    # val_size=None: the recipe's own, 0 (no validation split; every non-test image trains).
+    cfg = make_config(recipe="auto", accelerator="cpu", batch_size=32, max_epochs=2, prediction_samples=2, val_size=None)
     state, run_id = _run(cfg)
     assert state.is_completed(), state.message
     summary = state.result()
     assert summary["config"]["recipe"] == "cpu-fast" and summary["config"]["model"] == "airnet_s"
+    assert summary["config"]["val_size"] == 0
     assert summary["epochs_completed"] == 2 and 0 <= summary["test_acc"] <= 1
+    assert summary["val_acc"] is None and summary["best_val_acc"] is None
+    split = json.loads((cfg.out / "split.json").read_text())
+    assert split["val"] == [] and len(split["train"]) == 200  # all of the tiny CIFAR-10 train set
+    # Nothing to rank by: the last epoch's checkpoint is the one tested and exported.
+    assert sorted(p.name for p in (cfg.out / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert summary["best_checkpoint"] == str((cfg.out / "checkpoints" / "last.ckpt").resolve())
     assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export"}
 
 

@@ -97,6 +97,11 @@ class ImageDataModule(L.LightningDataModule):
         return self._read_split()["classes"]
 
     @property
+    def has_val(self) -> bool:
+        """False for a split without validation images (``val_size`` 0): fit then skips validation."""
+        return len(self._read_split()["val"]) > 0
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 

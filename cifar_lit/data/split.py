@@ -17,13 +17,16 @@ from cifar_lit.data.imagefolder import DataError
 from cifar_lit.data.prepare import DataRef, cache_dir, write_json_atomic
 
 
-def resolve_count(size: int | float, n: int, name: str) -> int:
-    """A count, or a fraction of ``n``, checked to leave images on both sides.
+def resolve_count(size: int | float, n: int, name: str, allow_zero: bool = False) -> int:
+    """A count, or a fraction of ``n``, checked to leave images on both sides (or, with
+    ``allow_zero``, to take none: a run without a validation split).
 
-    >>> resolve_count(0.1, 50, "val_size"), resolve_count(5, 50, "val_size")
-    (5, 5)
+    >>> resolve_count(0.1, 50, "val_size"), resolve_count(5, 50, "val_size"), resolve_count(0, 50, "val_size", True)
+    (5, 5, 0)
     """
     k = round(size * n) if isinstance(size, float) else int(size)
+    if k == 0 and allow_zero and n > 0:
+        return 0
     if not 0 < k < n:
         raise DataError(f"{name}: {size} leaves no images on one side of a split of {n} images")
     return k
@@ -70,7 +73,7 @@ def make_split(ref: DataRef, val_size: int | float, test_size: int | float, seed
     n = len(pool)
     perm = seeded_permutation(n, seed)
     n_test = resolve_count(test_size, n, "test_size") if held_out else 0
-    n_val = resolve_count(val_size, n - n_test, "val_size")
+    n_val = resolve_count(val_size, n - n_test, "val_size", allow_zero=True)
     test = sorted(perm[:n_test]) if held_out else (list(range(n, len(samples))) if samples is not None else None)
     fp = _fingerprint(ref, val_size, test_size, seed)
     doc = {
