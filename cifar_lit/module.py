@@ -98,7 +98,9 @@ class LitClassifier(L.LightningModule):
         self.confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
 
-    def configure_optimizers(self):
+    def build_optimizer(self, total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        """The optimizer and its per-step schedule (None: constant) for ``total_steps`` steps;
+        ``configure_optimizers`` passes the trainer's count, a hand-written loop its own."""
         hp = self.hparams
         # No weight decay on biases and normalisation parameters (1-d tensors).
         params = [p for p in self.parameters() if p.requires_grad]
@@ -111,7 +113,12 @@ class LitClassifier(L.LightningModule):
         else:
             optimizer = (torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam)(groups, lr=hp.lr)
         if hp.lr_schedule == "constant":
+            return optimizer, None
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: triangular(step, total_steps, hp.warmup))
+        return optimizer, schedule
+
+    def configure_optimizers(self):
+        optimizer, schedule = self.build_optimizer(self.trainer.estimated_stepping_batches)
+        if schedule is None:
             return optimizer
-        total = self.trainer.estimated_stepping_batches
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: triangular(step, total, hp.warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
