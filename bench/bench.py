@@ -4,8 +4,8 @@
     python bench/bench.py --data-dir DIR        # an image folder with DIR/train/<class>/*.jpg
 
 A seeded 10,000 images are held out as test and never trained on, the same 10,000 for every
-recipe; the tutorial recipe validates on 5,000 more (its EarlyStopping needs them), the fast
-recipes train on all 40,000 others (no validation split). Prints a table and writes
+recipe; the tutorial recipe validates on its default 10% of the rest (its EarlyStopping needs
+them) and trains on 36,000, the fast recipes train on all 40,000 (no validation split). Prints a table and writes
 bench/out/results.json:
 
   (a) the tutorial recipe (seed) vs the default recipe (and cpu-long): fit seconds and
