@@ -23,20 +23,35 @@ EpochHook = Callable[[int, int, dict[str, float]], None]
 
 
 class ImagePredictionLogger(Callback):
-    """Each validation epoch, log fixed validation images to W&B captioned
-    ``Pred: <class>, Label: <class>``, and a Table of the same predictions."""
+    """Each validation epoch (or, with ``stage="test"``, after testing), log fixed images of that
+    split to W&B captioned ``Pred: <class>, Label: <class>``, and a Table of the same
+    predictions: ``examples``/``predictions`` for validation, ``test/examples``/``test/predictions``
+    for test."""
 
     def __init__(
-        self, samples: tuple[torch.Tensor, torch.Tensor], class_names: list[str], denormalize: Callable
+        self,
+        samples: tuple[torch.Tensor, torch.Tensor],
+        class_names: list[str],
+        denormalize: Callable,
+        stage: str = "val",
     ) -> None:
         super().__init__()
         self.images, self.labels = samples
         self.class_names = class_names
         self.denormalize = denormalize
+        self.stage = stage
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stage == "val" and not trainer.sanity_checking:
+            self._log(trainer, pl_module, prefix="")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stage == "test":
+            self._log(trainer, pl_module, prefix="test/")
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if trainer.sanity_checking or not trainer.is_global_zero or not loggers or len(self.images) == 0:
+        if not trainer.is_global_zero or not loggers or len(self.images) == 0:
             return
         with torch.no_grad():
             probs = pl_module(self.images.to(pl_module.device)).float().softmax(dim=1).cpu()
@@ -51,8 +66,8 @@ class ImagePredictionLogger(Callback):
             for img, y, p, c in zip(pictures, self.labels.tolist(), preds.tolist(), conf.tolist())
         ]
         for lg in loggers:
-            lg.log_image(key="examples", images=pictures, caption=captions)
-            lg.log_table(key="predictions", columns=["image", "label", "prediction", "confidence"], data=rows)
+            lg.log_image(key=f"{prefix}examples", images=pictures, caption=captions)
+            lg.log_table(key=f"{prefix}predictions", columns=["image", "label", "prediction", "confidence"], data=rows)
 
 
 class EpochHookCallback(Callback):

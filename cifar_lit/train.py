@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cifar_lit.callbacks import EpochHook, build_callbacks
+from cifar_lit.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.models import build_model
@@ -99,7 +99,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     elif ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
         raise OutputDirError(f"output_dir: {config.out} already holds checkpoints; use a new --output-dir")
 
-    samples = dm.val_samples(config.prediction_samples) if config.prediction_samples and dm.has_val else None
+    samples = dm.samples("val", config.prediction_samples) if config.prediction_samples and dm.has_val else None
     start = _StartEpoch()
     callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch, dm.has_val) + [start]
     steps = max(1, len(dm.train_set) // config.batch_size)
@@ -173,9 +173,15 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     model = load_classifier(Path(checkpoint))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # Captioned test images in W&B: the only ones a run without a validation split shows.
+    callbacks = (
+        [ImagePredictionLogger(dm.samples("test", config.prediction_samples), dm.classes, dm.denormalize, stage="test")]
+        if config.prediction_samples
+        else []
+    )
     # One device: a distributed sampler would pad and repeat test images.
     trainer = _trainer(
-        config, "test", callbacks=[], steps_per_epoch=1, devices=1, strategy="auto", num_nodes=1, enable_progress_bar=False
+        config, "test", callbacks, steps_per_epoch=1, devices=1, strategy="auto", num_nodes=1, enable_progress_bar=False
     )
     metrics = {k: float(v) for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items()}
     confusion = model.confusion

@@ -153,7 +153,7 @@ def test_cpu_recipes_take_bf16_only_where_the_cpu_has_amx(monkeypatch, tmp_path)
     assert not config.cpu_has_amx(info)
     assert not config.cpu_has_amx(tmp_path / "missing")
     for has_amx, precision in ((True, "bf16-mixed"), (False, "32-true")):
-        monkeypatch.setattr(config, "cpu_has_amx", lambda: has_amx)
+        monkeypatch.setattr(config, "cpu_has_amx", lambda has_amx=has_amx: has_amx)
         assert TrainConfig(recipe="cpu-fast").precision == precision
         assert TrainConfig(recipe="cpu-long").precision == precision
         assert TrainConfig(recipe="cpu-fast", precision="32-true").precision == "32-true"

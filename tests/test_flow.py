@@ -169,6 +169,11 @@ def test_default_recipe_end_to_end(make_config):
     assert sorted(p.name for p in (cfg.out / "checkpoints").iterdir()) == ["last.ckpt"]
     assert summary["best_checkpoint"] == str((cfg.out / "checkpoints" / "last.ckpt").resolve())
     assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export"}
+    # W&B: no validation panels, but the captioned test images are there to inspect.
+    (wb,) = [OfflineRun.load(d) for d in offline_run_dirs(cfg.out)]
+    assert not wb.values("val_acc") and not wb.values("examples") and wb.values("train_loss_step")
+    (panel,) = wb.values("test/examples")
+    assert len(panel["captions"]) == 2 and wb.values("test/predictions")
 
 
 def test_ddp_on_two_cpu_processes_end_to_end(make_config, tmp_path):

@@ -101,6 +101,10 @@ def test_wandb_offline_run_holds_metrics_predictions_and_test_results(make_confi
     names = "|".join(tested.classes)
     assert all(re.fullmatch(f"Pred: ({names}), Label: ({names})", c) for c in panels[0]["captions"])
     assert len(wb.values("predictions")) == 2  # the W&B Table of the same predictions
+    # After testing: the first 4 test images, captioned, once.
+    (test_panel,) = wb.values("test/examples")
+    assert len(test_panel["captions"]) == 4 and len(wb.values("test/predictions")) == 1
+    assert all(re.fullmatch(f"Pred: ({names}), Label: ({names})", c) for c in test_panel["captions"])
     assert wb.summary["test_acc"] == pytest.approx(tested.metrics["test_acc"])
     assert wb.values("test/confusion_matrix_table") and wb.values("test/per_class_accuracy")
     model = wb.artifact("model")

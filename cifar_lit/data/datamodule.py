@@ -187,13 +187,16 @@ class ImageDataModule(L.LightningDataModule):
             return self._batches("test", train=False, batch_size=2 * self.config.batch_size)
         return self._loader(self.test_set, shuffle=False)
 
-    def val_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` validation images (normalised) and labels: fixed across epochs."""
+    def samples(self, part: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` images (normalised) and labels of ``part`` ("val" or "test"): fixed
+        across epochs and runs of the same split, so W&B panels compare like with like."""
         if self.tensors is not None:
-            images, labels = self.tensors["val"]
+            images, labels = self.tensors[part]
             return self._normalise(images[:n]), labels[:n].clone()
-        n = min(n, len(self.val_set))
-        items = [self.val_set[i] for i in range(n)]
+        dataset = self.val_set if part == "val" else self.test_set
+        items = [dataset[i] for i in range(min(n, len(dataset)))]
+        if not items:
+            return torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long)
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
