@@ -139,7 +139,7 @@ def build_classifier(config: TrainConfig, dm: ImageDataModule) -> LitClassifier:
         net,
         dm.num_classes,
         dm.classes,
-        lr=config.lr,
+        lr=config.step_lr,
         optimizer=config.optimizer,
         weight_decay=config.weight_decay,
         label_smoothing=config.label_smoothing,

@@ -158,3 +158,13 @@ def test_cpu_recipes_take_bf16_only_where_the_cpu_has_amx(monkeypatch, tmp_path)
         assert TrainConfig(recipe="cpu-long").precision == precision
         assert TrainConfig(recipe="cpu-fast", precision="32-true").precision == "32-true"
         assert TrainConfig(recipe="gpu-fast").precision == "bf16-mixed"
+
+
+def test_fast_recipes_quote_lr_per_1024_examples():
+    c = TrainConfig(recipe="cpu-fast")
+    assert (c.lr, c.lr_batch, c.batch_size, c.step_lr) == (2.4, 1024, 256, 0.6)
+    # A different batch keeps the per-example step: the optimizer's lr scales with it.
+    assert TrainConfig(recipe="cpu-fast", batch_size=512).step_lr == 1.2
+    # lr_batch 0: the lr as given, whatever the batch (the tutorial recipe's Adam).
+    assert TrainConfig(recipe="seed", batch_size=64).step_lr == 2e-4
+    assert TrainConfig(recipe="cpu-fast", lr=0.1, lr_batch=0).step_lr == 0.1

@@ -119,3 +119,6 @@ def test_fast_recipe_learns_on_cpu(make_config):
     assert len(losses) == 6 and losses[-1] < losses[0]
     tested = evaluate(cfg, cfg.out / "split.json", result.best_checkpoint)
     assert tested.metrics["test_acc"] > 0.3  # 10 classes: chance is 0.1
+    # The optimizer ran at the recipe's lr per 1024 examples scaled to batch 32.
+    hp = torch.load(result.best_checkpoint, weights_only=False)["hyper_parameters"]
+    assert hp["lr"] == pytest.approx(2.4 * 32 / 1024) and hp["config"]["lr_batch"] == 1024
