@@ -49,6 +49,8 @@ def json_safe(obj: Any) -> Any:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:  # e.g. val_acc of a run without a validation split
+        return "n/a"
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 

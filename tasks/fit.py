@@ -22,7 +22,9 @@ def _progress_hook(artifact_id: UUID | None):
     def hook(done: int, total: int, metrics: dict[str, float]) -> None:
         if artifact_id is None:
             return
-        shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val_loss", "val_acc") if k in metrics)
+        # Validation metrics when the run has a validation split, else the epoch's training ones.
+        keys = ("val_loss", "val_acc") if "val_acc" in metrics else ("train_loss_epoch", "train_acc_epoch")
+        shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
         try:
             update_progress_artifact(artifact_id, progress=100.0 * done / total, description=f"epoch {done}/{total}: {shown}")
         except Exception as e:  # noqa: BLE001 - a UI update must never stop training

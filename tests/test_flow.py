@@ -169,6 +169,9 @@ def test_default_recipe_end_to_end(make_config):
     assert sorted(p.name for p in (cfg.out / "checkpoints").iterdir()) == ["last.ckpt"]
     assert summary["best_checkpoint"] == str((cfg.out / "checkpoints" / "last.ckpt").resolve())
     assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export"}
+    arts = _artifacts(run_id)
+    assert "| val_acc | n/a |" in arts["markdown"].data
+    assert "epoch 2/2: train_loss_epoch=" in arts["progress"].description
     # W&B: no validation panels, but the captioned test images are there to inspect.
     (wb,) = [OfflineRun.load(d) for d in offline_run_dirs(cfg.out)]
     assert not wb.values("val_acc") and not wb.values("examples") and wb.values("train_loss_step")
