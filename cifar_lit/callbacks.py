@@ -96,16 +96,16 @@ def build_callbacks(
     callbacks: list[Callback] = []
     if config.patience:  # 0: the recipe's schedule decides the length, not EarlyStopping
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.patience))
-    # Without validation there is nothing to rank checkpoints by: last.ckpt alone is kept.
-    best = {"monitor": "val_acc", "mode": "max", "save_top_k": 1} if validate else {"monitor": None, "save_top_k": 0}
+    if validate:
+        ckpt = {"filename": "best-epoch{epoch:02d}-val_acc{val_acc:.4f}", "monitor": "val_acc", "mode": "max",
+                "save_last": True}
+    else:
+        # Nothing to rank by: one checkpoint, the latest epoch's, under last.ckpt (where a retried
+        # fit resumes). save_last alone would not do: Lightning writes "last" only in an epoch
+        # that also saved a top-k checkpoint.
+        ckpt = {"filename": "last", "monitor": None, "save_last": False}
     callbacks += [
-        ModelCheckpoint(
-            dirpath=checkpoint_dir,
-            filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}",
-            auto_insert_metric_name=False,
-            save_last=True,
-            **best,
-        ),
+        ModelCheckpoint(dirpath=checkpoint_dir, auto_insert_metric_name=False, save_top_k=1, **ckpt),
         LearningRateMonitor(logging_interval="epoch"),
         TQDMProgressBar(refresh_rate=20),
     ]
