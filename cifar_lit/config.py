@@ -161,8 +161,7 @@ class TrainConfig(BaseModel):
     download_md5: str | None = Field(None, description="expected md5 of the archive at --download-url")
     val_size: int | float | None = Field(
         None,
-        description="validation images: a count or a fraction of train; 0: none (default: 0 in the fast recipes, "
-        "else 5000 for CIFAR, 0.1 for image folders)",
+        description="validation images: a count or a fraction of train; 0: none",
     )
     test_size: int | float = Field(0.1, description="image folders without test/: held-out test count or fraction")
     seed: int = Field(42, description="seed for the split, initialisation and shuffling")
