@@ -41,6 +41,15 @@ COMMON = dict(dataset="imagefolder", test_size=10_000, seed=0, wandb_mode="disab
               prediction_samples=0, accelerator="cpu", devices=1)
 
 
+def unpack(tarball: Path, data_dir: Path) -> None:
+    """The JPEG image folder, extracted once (the tarball's members cannot land outside it)."""
+    if not (data_dir / "train").is_dir():
+        print(f"unpacking {tarball} into {data_dir}", flush=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball) as tar:
+            tar.extractall(data_dir, filter="data")
+
+
 def config(data_dir: Path, recipe: str, out: Path, **extra):
     from cifar_lit.config import TrainConfig
 
@@ -289,11 +298,7 @@ def main() -> None:
         return
 
     OUT.mkdir(parents=True, exist_ok=True)
-    if not (args.data_dir / "train").is_dir():
-        print(f"unpacking {TARBALL} into {args.data_dir}", flush=True)
-        args.data_dir.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(TARBALL) as tar:
-            tar.extractall(args.data_dir, filter="data")
+    unpack(TARBALL, args.data_dir)
     splits = prepare(args.data_dir)
     results = {"machine": machine(), "fit": {}}
     for key, recipe, what in (("seed", "seed", "the tutorial recipe"), ("default", "auto", "the default recipe"),

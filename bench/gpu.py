@@ -15,19 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tarfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"
+# bench.py beside this file (the script's folder is on sys.path); it imports Prefect only inside
+# the functions that need it.
+from bench import OUT, TARBALL, unpack
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tarball", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz")
+    parser.add_argument("--tarball", type=Path, default=TARBALL)
     parser.add_argument("--data-dir", type=Path, default=OUT / "cifar10-jpeg")
     parser.add_argument("--runs", type=int, default=3, help="fits in all, the first one a warm-up")
     parser.add_argument("--accelerator", default="auto")
@@ -39,10 +39,7 @@ def main() -> None:
     from cifar_lit.data.datamodule import ImageDataModule
     from cifar_lit.train import evaluate, fit
 
-    if not (args.data_dir / "train").is_dir():
-        args.data_dir.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(args.tarball) as tar:
-            tar.extractall(args.data_dir, filter="data")
+    unpack(args.tarball, args.data_dir)
     overrides = {k: v for k, v in (("model", args.model), ("max_epochs", args.max_epochs)) if v is not None}
     stamp = int(time.time())
 

@@ -99,14 +99,14 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     elif ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
         raise OutputDirError(f"output_dir: {config.out} already holds checkpoints; use a new --output-dir")
 
-    samples = dm.samples("val", config.prediction_samples) if config.prediction_samples and dm.has_val else None
+    validate = dm.has_val
+    samples = dm.samples("val", config.prediction_samples) if config.prediction_samples and validate else None
     start = _StartEpoch()
-    callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch, dm.has_val) + [start]
+    callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch, validate) + [start]
     steps = max(1, len(dm.train_set) // config.batch_size)
     # A resumed fit logs beside the first attempt's CSV instead of overwriting it.
     stage = "fit" if ckpt_path is None else f"fit-resumed-{time.strftime('%H%M%S')}"
-    no_val = {} if dm.has_val else {"limit_val_batches": 0, "num_sanity_val_steps": 0}
-    trainer = _trainer(config, stage, callbacks, steps, **no_val)
+    trainer = _trainer(config, stage, callbacks, steps, **({} if validate else {"limit_val_batches": 0}))
 
     t0 = time.perf_counter()
     trainer.fit(torch.compile(model) if config.compile else model, datamodule=dm, ckpt_path=ckpt_path)

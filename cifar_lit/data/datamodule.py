@@ -195,8 +195,6 @@ class ImageDataModule(L.LightningDataModule):
             return self._normalise(images[:n]), labels[:n].clone()
         dataset = self.val_set if part == "val" else self.test_set
         items = [dataset[i] for i in range(min(n, len(dataset)))]
-        if not items:
-            return torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long)
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:

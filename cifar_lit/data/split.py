@@ -25,7 +25,7 @@ def resolve_count(size: int | float, n: int, name: str, allow_zero: bool = False
     (5, 5, 0)
     """
     k = round(size * n) if isinstance(size, float) else int(size)
-    if k == 0 and allow_zero and n > 0:
+    if k == 0 and allow_zero:
         return 0
     if not 0 < k < n:
         raise DataError(f"{name}: {size} leaves no images on one side of a split of {n} images")
