@@ -86,6 +86,7 @@ def fit_and_test(data_dir: Path, recipe: str, split: Path) -> dict:
     return {
         "recipe": cfg.recipe,
         "model": cfg.model,
+        "optimizer": cfg.optimizer,
         "precision": cfg.precision,
         "train_images": len(json.loads(split.read_text())["train"]),
         "epochs": fitted.epochs_completed,
@@ -252,7 +253,8 @@ def table(r: dict) -> str:
     direct = a_fast["fit_and_test_seconds"]
 
     def label(what: str, a: dict) -> str:
-        return f"(a) {what} ({a['recipe']}, {a['model']}, {a['epochs']} ep, {a['precision']}, {a['train_images']:,} train)"
+        how = f"{a['recipe']}, {a['model']}, {a['optimizer']}, {a['epochs']} ep, {a['precision']}"
+        return f"(a) {what} ({how}, {a['train_images']:,} train)"
 
     def result(a: dict) -> str:
         return f"fit {a['fit_seconds']:.1f} s, test acc {a['test_acc']:.2%}"

@@ -83,6 +83,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         # optimum, within run-to-run noise.
         "batch_size": 256,
         "max_epochs": 4,
+        # Muon on the conv filters (cifar_lit.optim): 84.7% held out at its lr 0.11 and momentum
+        # 0.6, 83.7-84.5% across lr 0.07-0.16 and momentum 0.4-0.8, against 82.9% with Nesterov
+        # SGD on every weight (plain loop, same 4 epochs).
+        "optimizer": "muon",
         "lr": 2.4,
         "weight_decay": 5e-4,
         "precision": BF16_WITH_AMX,
@@ -98,6 +102,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 256,
         "max_epochs": 13,
         "tta": 1,
+        # Muon's gain fades with length: 87.2% at 13 epochs against SGD's 87.4% at 14 in about
+        # the same time (its orthogonalisation adds about 7% per step here). SGD stays.
+        "optimizer": "sgd",
         "lr": 2.4,
         "weight_decay": 5e-4,
         "precision": BF16_WITH_AMX,
@@ -176,7 +183,10 @@ class TrainConfig(BaseModel):
     lr_batch: int | None = Field(
         None, ge=0, description="the batch size lr is quoted for: lr scales by batch_size / lr_batch; 0: lr as given"
     )
-    optimizer: Literal["adam", "adamw", "sgd"] | None = Field(None, description="optimizer")
+    optimizer: Literal["adam", "adamw", "sgd", "muon"] | None = Field(
+        None, description="optimizer; muon: Muon for conv filters, Nesterov SGD for the rest"
+    )
+    muon_lr: float = Field(0.11, gt=0, description="muon: lr of the conv filters' orthogonalised steps (per step)")
     weight_decay: float | None = Field(None, ge=0, description="weight decay")
     patience: int | None = Field(None, ge=0, description="EarlyStopping patience in epochs on val_loss; 0: off")
     label_smoothing: float | None = Field(None, ge=0, lt=1, description="label smoothing of the loss")

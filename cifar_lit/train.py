@@ -146,6 +146,7 @@ def build_classifier(config: TrainConfig, dm: ImageDataModule) -> LitClassifier:
         lr_schedule=config.lr_schedule,
         warmup=config.warmup,
         tta=config.tta,
+        muon_lr=config.muon_lr,
         config=config.as_dict(),
     )
 

@@ -107,7 +107,7 @@ def test_whitening_decorrelates_patches():
 
 def test_fast_recipe_learns_on_cpu(make_config):
     cfg = make_config(recipe="cpu-fast", batch_size=32, max_epochs=6, wandb_mode="disabled", prediction_samples=2)
-    assert (cfg.model, cfg.data_path, cfg.optimizer, cfg.tta) == ("airnet_s", "tensor", "sgd", 1)
+    assert (cfg.model, cfg.data_path, cfg.optimizer, cfg.tta) == ("airnet_s", "tensor", "muon", 1)
     dm = ImageDataModule(cfg)
     dm.prepare_data()
     dm.setup("fit")
