@@ -39,7 +39,7 @@ class LitClassifier(L.LightningModule):
         lr_schedule: str = "constant",
         warmup: float = 0.0,
         tta: int = 0,
-        muon_lr: float = 0.1,
+        muon_lr: float = 0.11,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -117,10 +117,10 @@ class LitClassifier(L.LightningModule):
             # Conv filters take Muon's orthogonalised steps, at their own lr and momentum 0.6
             # (0.4 and 0.8 measured no better); no decay, as in Muon's published CIFAR recipe.
             # The linear head, biases and norms keep Nesterov SGD.
-            filters = {"params": [p for p in params if p.ndim == 4], "weight_decay": 0.0}
+            filters = {"params": [p for p in params if p.ndim >= 3], "weight_decay": 0.0}
             filters.update(lr=hp.muon_lr, momentum=0.6, orthogonalize=True)
-            groups[0]["params"] = [p for p in params if p.ndim in (2, 3)]
-            optimizer = Muon([filters, *groups], lr=hp.lr, momentum=0.9)
+            groups[0]["params"] = [p for p in params if p.ndim == 2]
+            optimizer = Muon([g for g in (filters, *groups) if g["params"]], lr=hp.lr, momentum=0.9)
         else:
             optimizer = (torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam)(groups, lr=hp.lr)
         if hp.lr_schedule == "constant":

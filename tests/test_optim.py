@@ -83,3 +83,16 @@ def test_cpu_fast_resume_continues_exactly(make_config, monkeypatch):
         torch.testing.assert_close(tensor, b["state_dict"][name], msg=name)
     momentum = [s["momentum_buffer"] for s in a["optimizer_states"][0]["state"].values()]
     assert momentum and all(m.abs().sum() > 0 for m in momentum)
+
+
+def test_muon_groups_cover_every_trainable_parameter_once():
+    from cifar_lit.models.airnet import AirNet
+    from cifar_lit.module import LitClassifier
+
+    model = LitClassifier(AirNet(10, (8, 16, 32)), 10, optimizer="muon", lr=0.1, muon_lr=0.05)
+    optimizer, _ = model.build_optimizer(10)
+    grouped = [p for g in optimizer.param_groups for p in g["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
+    (filters,) = [g for g in optimizer.param_groups if g["orthogonalize"]]
+    assert filters["lr"] == 0.05 and all(p.ndim == 4 for p in filters["params"]) and len(filters["params"]) == 6
