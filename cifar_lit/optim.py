@@ -9,7 +9,7 @@ gain had faded (87.2% against 87.4% for SGD at 14).
 
 ``torch.optim.Muon`` exists but takes 2-D parameters only, and Lightning steps one optimizer per
 module unless optimisation is manual; so this class steps every group, and only the groups marked
-``orthogonalize`` (4-D conv filters, viewed as out x in*k*k) take Muon's update. The other groups
+``orthogonalize`` (conv filters, each viewed as out x in*k*k) take Muon's update. The other groups
 take a plain Nesterov SGD step, as ``torch.optim.SGD(nesterov=True)`` would.
 """
 

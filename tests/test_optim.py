@@ -87,7 +87,6 @@ def test_cpu_fast_resume_continues_exactly(make_config, monkeypatch):
 
 def test_muon_groups_cover_every_trainable_parameter_once():
     from cifar_lit.models.airnet import AirNet
-    from cifar_lit.module import LitClassifier
 
     model = LitClassifier(AirNet(10, (8, 16, 32)), 10, optimizer="muon", lr=0.1, muon_lr=0.05)
     optimizer, _ = model.build_optimizer(10)
