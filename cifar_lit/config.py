@@ -76,6 +76,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cpu-fast": {
         **_FAST,
         "tta": 1,
+        # A wider second group (32/96/128) scored higher at 4 epochs but lost at equal time
+        # (fewer epochs); see README, Performance.
         "model": "airnet_s",
         # Batch 256 beat 512 on this 2-core CPU in both speed and accuracy (4 epochs, held-out
         # JPEG test: 88 s and 82.3% against about 100 s and 80.3%, plain loop). lr 2.4 per 1024
