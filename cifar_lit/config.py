@@ -152,13 +152,21 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         return False
 
 
+# Fields that name or place things, or only change what is shown; the data's content is compared
+# through its fingerprint, not its path or mirror URL.
+NOT_EFFECTIVE = frozenset({
+    "output_dir", "runs_dir", "registry_dir", "data_dir", "download_url", "num_workers", "prediction_samples",
+    "wandb_mode", "wandb_project", "wandb_entity", "promote_margin", "force_promote", "force",
+})
+
 Precision = Literal["32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true"]
 
 
 class TrainConfig(BaseModel):
     """Every knob of a training run. Field descriptions become the CLI's ``--help``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # No inf or NaN in any float field: --lr inf would train NaNs and export them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
     recipe: Literal["auto", "seed", "cpu-fast", "cpu-long", "gpu-fast"] = Field(
         "auto", description="preset filling every field left unset; auto: gpu-fast on a GPU, else cpu-fast"
@@ -173,7 +181,7 @@ class TrainConfig(BaseModel):
         description="validation images: a count or a fraction of train; 0: none",
     )
     test_size: int | float = Field(0.1, description="image folders without test/: held-out test count or fraction")
-    seed: int = Field(42, description="seed for the split, initialisation and shuffling")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="seed for the split, initialisation and shuffling")
     bad_images: Literal["skip", "error"] = Field(
         "skip", description="image folders: skip unreadable files with a warning, or stop with an error"
     )
@@ -219,7 +227,16 @@ class TrainConfig(BaseModel):
     )
     wandb_project: str = Field("cifar-lit", min_length=1, description="W&B project")
     wandb_entity: str | None = Field(None, description="W&B entity (team or user)")
-    output_dir: Path | None = Field(None, description="where the run writes everything (default runs/<run name>)")
+    output_dir: Path | None = Field(None, description="where the run writes everything (default RUNS_DIR/<run name>)")
+    runs_dir: Path = Field(Path("runs"), description="parent of the default output dirs (on the GPU pools, a mounted volume)")
+    # model registry and the champion/challenger gate
+    registry_dir: Path | None = Field(None, description="the model registry (default RUNS_DIR/registry)")
+    promote_margin: float = Field(
+        0.0, ge=-1, le=1, allow_inf_nan=False,
+        description="promote when challenger test_acc >= champion test_acc + this margin",
+    )
+    force_promote: bool = Field(False, description="promote even when the class lists differ from the champion's")
+    force: bool = Field(False, description="train even when production was made from the same data, code and config")
 
     @field_validator("val_size", "test_size")
     @classmethod
@@ -305,7 +322,29 @@ class TrainConfig(BaseModel):
         """This config with ``output_dir`` resolved (``runs/<run name>`` when unset)."""
         if self.output_dir is not None:
             return self
-        return self.model_copy(update={"output_dir": Path("runs") / (run_name or self.run_name())})
+        return self.model_copy(update={"output_dir": self.runs_dir / (run_name or self.run_name())})
+
+    @property
+    def registry(self) -> Path:
+        return self.registry_dir if self.registry_dir is not None else self.runs_dir / "registry"
+
+    def dataset_name(self) -> str:
+        """``cifar10``/``cifar100``, or an image folder's own name: what a model was trained on."""
+        return self.data_dir.resolve().name if self.dataset == "imagefolder" else self.dataset
+
+    def model_name(self) -> str:
+        """The model's name in the registry and in W&B: ``<dataset name>-<network>``.
+
+        >>> TrainConfig(recipe="seed").model_name()
+        'cifar10-seed_cnn'
+        """
+        # W&B artifact names allow letters, digits, '-', '_' and '.'.
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self.dataset_name()}-{self.model}")
+
+    def effective(self) -> dict[str, Any]:
+        """What decides the trained model: the config without names, places and switches that
+        do not change the result (so a re-run into a new output dir is still "the same")."""
+        return {k: v for k, v in self.as_dict().items() if k not in NOT_EFFECTIVE}
 
     @property
     def step_lr(self) -> float:

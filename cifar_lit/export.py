@@ -1,59 +1,105 @@
-"""Export: the best checkpoint as a W&B model artifact (aliases ``latest`` and ``best``).
+"""Export: the tested checkpoint as a self-contained model (``cifar_lit.model_file``) in the run's
+``model/`` folder, logged to W&B as a ``model`` artifact with the alias ``latest``.
 
-Offline, the artifact is recorded in the offline run and references the checkpoint in place
-(``policy="immutable"``), so ``wandb sync`` uploads it later. Online, the call waits for the
-upload so that a network failure raises (and the Prefect task retries it).
+``production`` is not given here: the promote stage (``cifar_lit.promote``) decides it. Online,
+the run first uses a ``dataset`` artifact (a reference to the data with its fingerprint, not a
+copy), so W&B's lineage graph reads dataset -> run -> model, and the call waits for the upload so
+that a network failure raises where the task can retry. Offline (W&B cannot use artifacts
+then) the artifact references the files in place and ``wandb sync`` uploads it later; its
+metadata still holds the data fingerprint and the split.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from cifar_lit.config import TrainConfig
+from cifar_lit.model_file import package
+from cifar_lit.provenance import code_version, git_commit
 
 log = logging.getLogger(__name__)
 
 
-def git_commit(cwd: Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+def model_dir(config: TrainConfig) -> Path:
+    return config.out / "model"
 
 
-def artifact_name(config: TrainConfig) -> str:
-    # W&B artifact names allow letters, digits, '-', '_' and '.'.
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{config.dataset}-{config.model}")
-
-
-def export_model(
-    config: TrainConfig, checkpoint: Path, test_metrics: dict[str, float], data_fingerprint: str
-) -> dict[str, Any]:
-    """Log ``checkpoint`` to the active W&B run; return what was logged (no W&B: ``logged=False``)."""
+def package_model(config: TrainConfig, checkpoint: Path) -> dict[str, str]:
+    """``model.pt`` and ``model.torchscript.pt`` for ``checkpoint`` under ``<output_dir>/model``."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"best_checkpoint: {checkpoint} does not exist")
+    return {k: str(v) for k, v in package(checkpoint, model_dir(config)).items()}
+
+
+def export_model(
+    config: TrainConfig,
+    checkpoint: Path,
+    test_metrics: dict[str, float],
+    data_fingerprint: str,
+    split_file: Path | None = None,
+) -> dict[str, Any]:
+    """Package ``checkpoint`` and log it to the active W&B run (no W&B: ``logged=False``)."""
+    files = package_model(config, checkpoint)
     metadata = {
         "test_metrics": test_metrics,
         "config": config.as_dict(),
         "data_fingerprint": data_fingerprint,
-        "git_commit": git_commit(Path(__file__).parent),
-        "checkpoint_file": checkpoint.name,
+        "split_file": str(split_file) if split_file else None,
+        "code_version": code_version(),
+        "git_commit": git_commit(),
+        "checkpoint_file": Path(checkpoint).name,
     }
     import wandb
 
     run = wandb.run
-    name = artifact_name(config)
+    name = config.model_name()
+    result = {"logged": False, "name": name, "files": files, "metadata": metadata}
     if run is None:
-        return {"logged": False, "name": name, "metadata": metadata}
+        return result
+    if not run.offline:
+        run.use_artifact(dataset_artifact(config, data_fingerprint, split_file))
     artifact = wandb.Artifact(name, type="model", metadata=metadata)
+    for path in files.values():
+        artifact.add_file(path, policy="immutable")
     artifact.add_file(str(checkpoint), name="model.ckpt", policy="immutable")
-    logged = run.log_artifact(artifact, aliases=["latest", "best"])
+    logged = run.log_artifact(artifact, aliases=["latest"])
     if not run.offline:
         logged.wait()  # surface upload errors here, where the task can retry
-    return {"logged": True, "name": name, "aliases": ["latest", "best"], "offline": run.offline, "metadata": metadata}
+    return result | {"logged": True, "aliases": ["latest"], "offline": run.offline}
+
+
+def dataset_artifact(config: TrainConfig, fingerprint: str, split_file: Path | None):
+    """The data as a W&B ``dataset`` artifact: a reference to the folder plus the split file."""
+    import wandb
+
+    artifact = wandb.Artifact(f"{config.dataset_name()}-data", type="dataset",
+                              metadata={"fingerprint": fingerprint, "dataset": config.dataset})
+    # A reference, not a copy: W&B records the location; the fingerprint says what was there.
+    artifact.add_reference(Path(config.data_dir).resolve().as_uri(), name="data", checksum=False)
+    if split_file is not None:
+        artifact.add_file(str(split_file), name="split.json")
+    return artifact
+
+
+def mirror_promotion(config: TrainConfig, version: str) -> dict[str, Any]:
+    """Online: give the run's model artifact ``production`` and link it into the W&B Registry
+    (``wandb-registry-model/<name>``). Offline there is nothing to update until ``wandb sync``:
+    the file registry is the record."""
+    import wandb
+
+    run = wandb.run
+    if run is None or run.offline:
+        return {"mirrored": False}
+    name = config.model_name()
+    # The artifact this run logged (export waited for its upload), read back through the API so
+    # the run does not also appear as its consumer in the lineage graph.
+    artifact = wandb.Api().artifact(f"{run.entity}/{run.project}/{name}:latest", type="model")
+    if "production" not in artifact.aliases:
+        artifact.aliases.append("production")
+    artifact.metadata["registry_version"] = version
+    artifact.save()
+    artifact.link(f"wandb-registry-model/{name}", aliases=["production", version])
+    return {"mirrored": True, "target": f"wandb-registry-model/{name}"}

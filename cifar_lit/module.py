@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from cifar_lit.model_file import tta_views
 from cifar_lit.optim import Muon
 
 
@@ -41,9 +42,14 @@ class LitClassifier(L.LightningModule):
         tta: int = 0,
         muon_lr: float = 0.11,
         config: dict[str, Any] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        image_size: int = 32,
     ) -> None:
         super().__init__()
-        # config: the run's whole TrainConfig, so a checkpoint says exactly how it was made.
+        # config: the run's whole TrainConfig, so a checkpoint says exactly how it was made;
+        # mean/std: the per-channel normalisation of its inputs (the fast recipes compute it from
+        # the training images), so the checkpoint alone is enough to predict.
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -58,14 +64,7 @@ class LitClassifier(L.LightningModule):
     def predict_tta(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs averaged over test-time augmentations: level 1 adds the mirror image, level 2
         also 1-pixel shifts up-left and down-right of both (reflect padding)."""
-        level = self.hparams.tta
-        views = [x, x.flip(3)] if level >= 1 else [x]
-        if level >= 2:
-            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-            h, w = x.shape[-2:]
-            shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
-            views += shifted + [v.flip(3) for v in shifted]
-        return torch.stack([self(v) for v in views]).mean(0)
+        return torch.stack([self(v) for v in tta_views(x, self.hparams.tta)]).mean(0)
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
         # cross_entropy == nll_loss(log_softmax(out)); on the seed network's log-probabilities

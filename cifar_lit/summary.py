@@ -8,12 +8,23 @@ from typing import Any
 
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.prepare import write_json_atomic
+from cifar_lit.provenance import code_version, git_commit
 
 
 def build_summary(
-    config: TrainConfig, fit: dict, test: dict, export: dict, data_fingerprint: str, wandb: dict, skipped: int = 0
+    config: TrainConfig,
+    fit: dict,
+    test: dict,
+    data_fingerprint: str,
+    wandb: dict,
+    skipped: int = 0,
+    export: dict | None = None,
+    promotion: dict | None = None,
 ) -> dict[str, Any]:
+    """Everything a run found. ``export``/``promotion`` are None until those stages have run
+    (the summary is first written right after testing)."""
     return {
+        "skipped": False,
         "test_acc": test["metrics"].get("test_acc"),
         "test_loss": test["metrics"].get("test_loss"),
         "val_acc": fit["metrics"].get("val_acc"),
@@ -25,10 +36,33 @@ def build_summary(
         "best_checkpoint": fit["best_checkpoint"],
         "last_checkpoint": fit["last_checkpoint"],
         "data_fingerprint": data_fingerprint,
+        "code_version": code_version(),
+        "git_commit": git_commit(),
         "skipped_images": skipped,
         "per_class": test["per_class"],
         "wandb": wandb,
-        "model_artifact": {k: v for k, v in export.items() if k != "metadata"},
+        "model_files": export["files"] if export else None,
+        "model_artifact": {k: v for k, v in export.items() if k not in ("metadata", "files")} if export else None,
+        "promotion": {k: promotion.get(k) for k in PROMOTION_KEYS} if promotion else None,
+        "config": config.as_dict(),
+    }
+
+
+PROMOTION_KEYS = ("promoted", "version", "champion_version", "champion_test_acc", "challenger_test_acc", "reason")
+
+
+def skipped_summary(config: TrainConfig, match, data_fingerprint: str) -> dict[str, Any]:
+    """A run that did not train: production (``match``, a registry Version) already came from the
+    same data, code and effective config. Its numbers are production's, labelled as such."""
+    return {
+        "skipped": True,
+        "reason": f"production {match.name} {match.version} was made from the same data, code and config; --force retrains",
+        "matched": {"name": match.name, "version": match.version, "path": str(match.path),
+                    "test_acc": match.card.get("metrics", {}).get("test_acc"), "run_name": match.card.get("run_name")},
+        "test_acc": None,
+        "data_fingerprint": data_fingerprint,
+        "code_version": code_version(),
+        "git_commit": git_commit(),
         "config": config.as_dict(),
     }
 
@@ -55,6 +89,17 @@ def _fmt(v: Any) -> str:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
+    if summary.get("skipped"):
+        m = summary["matched"]
+        return "\n".join([
+            f"# Skipped: {m['name']} {m['version']} is current",
+            "",
+            summary["reason"],
+            "",
+            f"Production test_acc: {_fmt(m['test_acc'])} (run `{m['run_name']}`), at `{m['path']}`",
+            "",
+            f"**Data fingerprint**: `{summary['data_fingerprint']}`; **code version**: `{summary['code_version']}`",
+        ])
     wb = summary["wandb"]
     if wb["mode"] == "online":
         where = f"[{wb['path']}]({wb['url']})"
@@ -66,6 +111,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"| {k} | {_fmt(summary[k])} |"
         for k in ("test_acc", "test_loss", "val_acc", "best_val_acc", "epochs_completed", "fit_seconds", "skipped_images")
     ]
+    promo = summary.get("promotion")
+    verdict = (f"**Promotion**: {'promoted to ' + promo['version'] if promo['promoted'] else 'not promoted'}: {promo['reason']}"
+               if promo else "**Promotion**: not reached")
     cfg = ["| field | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in summary["config"].items()]
     return "\n".join(
         [
@@ -73,11 +121,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "",
             *rows,
             "",
+            verdict,
+            "",
             f"**W&B**: {where}",
             "",
             f"**Best checkpoint**: `{summary['best_checkpoint']}`",
             "",
-            f"**Data fingerprint**: `{summary['data_fingerprint']}`",
+            f"**Data fingerprint**: `{summary['data_fingerprint']}`; **code version**: `{summary['code_version']}`",
             "",
             "## Config",
             "",

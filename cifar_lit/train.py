@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from cifar_lit.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.model_file import from_checkpoint, safe_load
 from cifar_lit.models import build_model
 from cifar_lit.module import LitClassifier
 from cifar_lit.tracking import log_test_results, make_loggers, per_class_table
@@ -109,7 +110,9 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     trainer = _trainer(config, stage, callbacks, steps, **({} if validate else {"limit_val_batches": 0}))
 
     t0 = time.perf_counter()
-    trainer.fit(torch.compile(model) if config.compile else model, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(
+        torch.compile(model) if config.compile else model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True
+    )
     fit_seconds = time.perf_counter() - t0
 
     ckpt = trainer.checkpoint_callback
@@ -148,6 +151,8 @@ def build_classifier(config: TrainConfig, dm: ImageDataModule) -> LitClassifier:
         tta=config.tta,
         muon_lr=config.muon_lr,
         config=config.as_dict(),
+        mean=[float(m) for m in dm.mean],
+        std=[float(v) for v in dm.std],
     )
 
 
@@ -161,10 +166,16 @@ class _StartEpoch(Callback):
 
 
 def load_classifier(checkpoint: Path, map_location: str = "cpu") -> LitClassifier:
-    """Rebuild the network from the checkpoint's own hyperparameters and load its weights."""
-    hp = torch.load(checkpoint, map_location=map_location, weights_only=False)["hyper_parameters"]
-    net = build_model(hp["config"]["model"], hp["num_classes"])
-    return LitClassifier.load_from_checkpoint(checkpoint, map_location=map_location, net=net)
+    """Rebuild the network from the checkpoint's own hyperparameters and load its weights.
+
+    Loaded with ``weights_only=True`` (a crafted checkpoint cannot run code); a corrupt or
+    foreign file is one ``ModelFileError`` line naming it."""
+    ckpt = safe_load(Path(checkpoint), "checkpoint")
+    from_checkpoint(ckpt, Path(checkpoint))  # checks it is one of ours, with its normalisation
+    hp = ckpt["hyper_parameters"]
+    model = LitClassifier(build_model(hp["config"]["model"], hp["num_classes"]), **hp)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location).eval()
 
 
 def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalResult:

@@ -1,4 +1,7 @@
-"""The training flow: download -> split -> fit -> test -> export, with caching and retries.
+"""The training flow: download -> split -> fit -> test -> export -> promote, with caching and retries.
+
+A run whose data, code and config made the current production model is skipped (``--force``
+retrains); a trained model becomes production only if it beats production on the same test split.
 
     python flows/train_flow.py                      # CIFAR-10, the default recipe
     python flows/train_flow.py --recipe seed --max-epochs 5 --wandb-mode offline
@@ -10,6 +13,7 @@ shows up in that server's UI.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -20,8 +24,9 @@ from prefect.runtime import flow_run
 from cifar_lit import tracking
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.split import split_file_path, stage_split
-from cifar_lit.summary import build_summary, json_safe, summary_markdown, write_summary
-from tasks import download_data, evaluate_model, export_checkpoint, fit_model, split_data
+from cifar_lit.promote import card, unchanged
+from cifar_lit.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
+from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
 from tasks.download import data_state
 
 
@@ -33,9 +38,9 @@ def _run_name() -> str:
 
 
 def _artifact_key(config: TrainConfig, what: str) -> str:
-    # Artifact keys allow lowercase letters, digits and dashes; one key per dataset/model keeps
-    # a history of versions in the UI.
-    return f"{config.dataset}-{config.model}-{what}".lower().replace("_", "-")
+    # Artifact keys allow lowercase letters, digits and dashes; one key per model name (dataset
+    # name + network) keeps a history of versions in the UI.
+    return re.sub(r"[^a-z0-9-]", "-", f"{config.model_name()}-{what}".lower())
 
 
 DEFAULT_CONFIG = TrainConfig()
@@ -43,32 +48,48 @@ DEFAULT_CONFIG = TrainConfig()
 
 @flow(name="train", flow_run_name=_run_name, log_prints=True)
 def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> dict:
-    """Train, test and export an image classifier; returns the run summary."""
+    """Train, test, export and promote an image classifier; returns the run summary."""
     logger = get_run_logger()
     config = config.with_output_dir(flow_run.get_name())
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     logger.info("output dir: %s", out.resolve())
+    # Cached stages re-run on their own when their output is gone from disk.
+    fresh_data = data_state(config.dataset, config.data_dir, config.download_md5) is None
+    ref = download_data.with_options(refresh_cache=fresh_data)(
+        config.dataset, config.data_dir, config.download_url, config.download_md5, config.bad_images
+    )
+    split_path = split_file_path(ref, config.val_size, config.test_size, config.seed, config.data_dir)
+    split_file = split_data.with_options(refresh_cache=not split_path.is_file())(
+        ref, config.val_size, config.test_size, config.seed, config.data_dir
+    )
+    fingerprint = split_path.stem.removeprefix("split-")
+    staged = stage_split(split_file, out)
+
+    match = None if config.force else unchanged(config, fingerprint)
+    if match is not None:  # the nightly case: nothing to learn that production does not know
+        summary = skipped_summary(config, match, fingerprint)
+        write_summary(out / "summary.json", summary)
+        create_markdown_artifact(summary_markdown(summary), key=_artifact_key(config, "summary"), description="run summary")
+        logger.info("skipped: %s %s was made from the same data, code and config (--force retrains)",
+                    match.name, match.version)
+        return summary
+
     progress = create_progress_artifact(
         0.0, key=_artifact_key(config, "progress"), description=f"fit progress of {out.name}"
     )
     tracking.start_run(config, name=out.name)
     try:
-        # Cached stages re-run on their own when their output is gone from disk.
-        fresh_data = data_state(config.dataset, config.data_dir, config.download_md5) is None
-        ref = download_data.with_options(refresh_cache=fresh_data)(
-            config.dataset, config.data_dir, config.download_url, config.download_md5, config.bad_images
-        )
-        split_path = split_file_path(ref, config.val_size, config.test_size, config.seed, config.data_dir)
-        split_file = split_data.with_options(refresh_cache=not split_path.is_file())(
-            ref, config.val_size, config.test_size, config.seed, config.data_dir
-        )
-        staged = stage_split(split_file, out)
         fitted = fit_model(config, staged, progress)
         tested = evaluate_model(config, staged, Path(fitted["best_checkpoint"]))
-        fingerprint = split_path.stem.removeprefix("split-")
-        exported = export_checkpoint(config, Path(fitted["best_checkpoint"]), tested["metrics"], fingerprint)
-        summary = build_summary(config, fitted, tested, exported, fingerprint, tracking.run_info(), len(ref.skipped))
+        parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint, skipped=len(ref.skipped))
+        # Written before anything talks to W&B or the registry: a later failure loses nothing.
+        write_summary(out / "summary.json", build_summary(**parts, wandb=tracking.run_info()))
+        exported = export_checkpoint(config, Path(fitted["best_checkpoint"]), tested["metrics"], fingerprint, staged)
+        promotion = promote_model(
+            config, exported["files"], staged, card(config, tested, fingerprint, out.name), _artifact_key(config, "promotion")
+        )
+        summary = build_summary(**parts, wandb=tracking.run_info(), export=exported, promotion=promotion)
     finally:
         tracking.finish_run()
     write_summary(out / "summary.json", summary)
@@ -76,7 +97,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> dict:
     create_table_artifact(
         json_safe(tested["per_class"]), key=_artifact_key(config, "per-class"), description="per-class test accuracy"
     )
-    logger.info("test_acc %.4f; summary: %s", summary["test_acc"], out / "summary.json")
+    logger.info("test_acc %.4f; %s; summary: %s", summary["test_acc"], promotion["reason"], out / "summary.json")
     return summary
 
 

@@ -1,4 +1,4 @@
-"""export: the best checkpoint as a W&B model artifact; network errors are retried."""
+"""export: the tested checkpoint as a self-contained model, logged to W&B; network errors are retried."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from cifar_lit.export import export_model
     retry_jitter_factor=0.5,
     cache_policy=NO_CACHE,
 )
-def export_checkpoint(config: TrainConfig, checkpoint: Path, test_metrics: dict, data_fingerprint: str) -> dict:
-    """Log the checkpoint with aliases latest and best, and its metadata."""
-    return export_model(config, checkpoint, test_metrics, data_fingerprint)
+def export_checkpoint(
+    config: TrainConfig, checkpoint: Path, test_metrics: dict, data_fingerprint: str, split_file: Path | None = None
+) -> dict:
+    """model.pt + model.torchscript.pt in <output_dir>/model, and the W&B artifact (alias latest)."""
+    return export_model(config, checkpoint, test_metrics, data_fingerprint, split_file)

@@ -61,6 +61,7 @@ def make_config(tmp_path, server, archives):
             prediction_samples=4,
             wandb_mode="offline",
             output_dir=tmp_path / "out",
+            runs_dir=tmp_path / "runs",  # and so the model registry, runs/registry, stays in tmp
         )
         if dataset != "imagefolder":
             base.update(download_url=server.url(f"/{dataset}.tar.gz"), download_md5=fakes.md5(archives[dataset]))

@@ -33,7 +33,8 @@ def _task_runs(flow_run_id) -> dict:
 def _artifacts(flow_run_id) -> dict:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {a.type: a for a in found}
+    # By type; the two markdown artifacts by what they hold: "markdown" (the run summary), "promotion".
+    return {"promotion" if (a.key or "").endswith("-promotion") else a.type: a for a in found}
 
 
 def test_end_to_end_then_cached_rerun(make_config, server, tmp_path):
@@ -51,8 +52,9 @@ def test_end_to_end_then_cached_rerun(make_config, server, tmp_path):
     assert (tmp_path / "run1" / "split.json").is_file()
 
     tasks = _task_runs(run_id)
-    assert set(tasks) == {"download", "split", "fit", "test", "export"}
+    assert set(tasks) == {"download", "split", "fit", "test", "export", "promote"}
     assert all(t.state.is_completed() for t in tasks.values())
+    assert summary["promotion"]["promoted"] and summary["promotion"]["version"] == "v1"
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run_id).name.startswith("cifar10-seed_cnn-e2-")
 
@@ -67,15 +69,16 @@ def test_end_to_end_then_cached_rerun(make_config, server, tmp_path):
     wb = OfflineRun.load(run_dir)
     assert len(wb.values("val_acc")) == 2 and wb.summary["test_acc"] == pytest.approx(summary["test_acc"])
     model = wb.artifact("model")
-    assert set(model.aliases) >= {"latest", "best"}
+    assert sorted(model.aliases) == ["latest"]
     meta = json.loads(model.metadata)
     assert meta["data_fingerprint"] == summary["data_fingerprint"]
     assert meta["test_metrics"]["test_acc"] == pytest.approx(summary["test_acc"])
     assert meta["config"]["output_dir"] == str(tmp_path / "run1")
 
-    # Same config, new output dir: download and split come from the cache, no HTTP request.
+    # Same config, new output dir, --force (else the run is skipped: production came from the
+    # same data, code and config): download and split come from the cache, no HTTP request.
     before = len(server.requests)
-    state2, run_id2 = _run(cfg.model_copy(update={"output_dir": tmp_path / "run2"}))
+    state2, run_id2 = _run(cfg.model_copy(update={"output_dir": tmp_path / "run2", "force": True}))
     assert state2.is_completed()
     tasks2 = _task_runs(run_id2)
     assert tasks2["download"].state.name == "Cached" and tasks2["split"].state.name == "Cached"
@@ -169,7 +172,7 @@ def test_default_recipe_end_to_end(make_config):
     # Nothing to rank by: the last epoch's checkpoint is the one tested and exported.
     assert sorted(p.name for p in (cfg.out / "checkpoints").iterdir()) == ["last.ckpt"]
     assert summary["best_checkpoint"] == str((cfg.out / "checkpoints" / "last.ckpt").resolve())
-    assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export"}
+    assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export", "promote"}
     arts = _artifacts(run_id)
     assert "| val_acc | n/a |" in arts["markdown"].data
     assert "epoch 2/2: train_loss_epoch=" in arts["progress"].description

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,8 +109,12 @@ def test_wandb_offline_run_holds_metrics_predictions_and_test_results(make_confi
     assert wb.summary["test_acc"] == pytest.approx(tested.metrics["test_acc"])
     assert wb.values("test/confusion_matrix_table") and wb.values("test/per_class_accuracy")
     model = wb.artifact("model")
-    assert exported["logged"] and model.name == "cifar10-seed_cnn" and set(model.aliases) >= {"latest", "best"}
-    assert [e.local_path for e in model.manifest.contents] == [fitted.best_checkpoint]
+    # Only "latest": production is the promote stage's decision, and there is no blind "best".
+    assert exported["logged"] and model.name == "cifar10-seed_cnn" and sorted(model.aliases) == ["latest"]
+    files = {e.path: e.local_path for e in model.manifest.contents}
+    assert files == {"model.pt": str(cfg.out / "model" / "model.pt"),
+                     "model.torchscript.pt": str(cfg.out / "model" / "model.torchscript.pt"),
+                     "model.ckpt": fitted.best_checkpoint}
     assert '"data_fingerprint":"fp123"' in model.metadata.replace(" ", "")
 
 
@@ -135,9 +140,9 @@ def test_mode_resolution(monkeypatch):
 
 def test_export_without_wandb_reports_not_logged(make_config):
     cfg = make_config(wandb_mode="disabled")
-    ckpt = cfg.out / "x.ckpt"
-    cfg.out.mkdir(parents=True)
-    ckpt.write_bytes(b"weights")
-    assert export_model(cfg, ckpt, {"test_acc": 0.5}, "fp")["logged"] is False
+    ImageDataModule(cfg).setup("fit")
+    ckpt = fit(cfg.model_copy(update={"max_epochs": 1}), cfg.out / "split.json").best_checkpoint
+    exported = export_model(cfg, ckpt, {"test_acc": 0.5}, "fp")
+    assert exported["logged"] is False and Path(exported["files"]["model"]).is_file()
     with pytest.raises(FileNotFoundError, match="best_checkpoint"):
         export_model(cfg, cfg.out / "missing.ckpt", {}, "fp")

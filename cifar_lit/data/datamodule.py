@@ -17,7 +17,7 @@ from cifar_lit.data.cifar import SOURCES, load_cifar
 from cifar_lit.data.imagefolder import load_rgb32
 from cifar_lit.data.prepare import DataRef, prepare_data
 from cifar_lit.data.split import make_split, read_split, stage_split
-from cifar_lit.data.tensors import DeviceBatches, channel_stats, load_tensors
+from cifar_lit.data.tensors import DeviceBatches, channel_stats, split_parts
 
 # The tutorial's normalisation: mean 0.5 and std 0.5 per channel, so inputs lie in [-1, 1].
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -130,14 +130,7 @@ class ImageDataModule(L.LightningDataModule):
     def _setup_tensors(self, split: dict, root: Path) -> None:
         if self.tensors is not None:
             return
-        t = load_tensors(split, root)
-        images, labels = t["train"], t["train_labels"]
-        parts = {"train": split["train"], "val": split["val"]}
-        self.tensors = {k: (images[idx], labels[idx]) for k, idx in parts.items()}
-        if split["test"] is None:  # CIFAR's official test set
-            self.tensors["test"] = (t["test"], t["test_labels"])
-        else:
-            self.tensors["test"] = (images[split["test"]], labels[split["test"]])
+        self.tensors = split_parts(split, root)
         self.mean, self.std = channel_stats(self.tensors["train"][0])
         self.train_set, self.val_set, self.test_set = (self.tensors[k][0] for k in ("train", "val", "test"))
 

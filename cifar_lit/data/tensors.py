@@ -161,3 +161,17 @@ class DeviceBatches:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]
+
+
+def split_parts(split: dict, data_dir: Path, parts=("train", "val", "test")) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 images (N x 3 x H x W) and labels of parts ("train", "val", "test") of a split:
+    exactly the pixels the test step sees on either data path."""
+    t = load_tensors(split, data_dir)
+    out = {}
+    for part in parts:
+        if part == "test" and split["test"] is None:  # CIFAR's official test set
+            out[part] = (t["test"], t["test_labels"])
+        else:
+            idx = torch.as_tensor(split[part], dtype=torch.long)
+            out[part] = (t["train"][idx], t["train_labels"][idx])
+    return out

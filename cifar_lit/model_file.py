@@ -1,0 +1,184 @@
+"""The self-contained model: everything inference needs, in files that load on their own.
+
+``package(checkpoint, dest)`` writes two files from a training checkpoint:
+
+- ``model.pt``: a plain dict (``torch.load(..., weights_only=True)`` reads it; no pickled code)
+  with the network's name and constructor arguments, its weights, the class names, the input
+  size, the training images' normalisation, the test-time augmentation and the run's config.
+  ``load_model`` rebuilds the network from it with this package installed.
+- ``model.torchscript.pt``: the same network with normalisation and test-time augmentation
+  inside, for plain ``torch`` without this package::
+
+      net = torch.jit.load("model.torchscript.pt")   # float images in [0, 1], N x 3 x H x W
+      probs = net(images).softmax(1)                  # classes: net.classes (a list of str)
+
+Every load goes through ``torch.load(weights_only=True)``: a crafted file cannot run code, and a
+corrupt or foreign file is one ``ModelFileError`` line naming the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FORMAT = "cifar_lit.model/1"
+MODEL_FILE, TORCHSCRIPT_FILE = "model.pt", "model.torchscript.pt"
+
+
+class ModelFileError(ValueError):
+    """A model or checkpoint file that cannot be used; the message names the file."""
+
+
+def tta_views(x: torch.Tensor, level: int) -> list[torch.Tensor]:
+    """The test-time views of a batch: level 1 adds the mirror image, level 2 also 1-pixel
+    shifts up-left and down-right of both (reflect padding). Scriptable: TorchScript runs it."""
+    views = [x]
+    if level >= 1:
+        views.append(x.flip(3))
+    if level >= 2:
+        padded = F.pad(x, [1, 1, 1, 1], mode="reflect")
+        h, w = x.shape[-2], x.shape[-1]
+        shifted = [padded[:, :, :h, :w], padded[:, :, 2:, 2:]]
+        views += shifted + [v.flip(3) for v in shifted]
+    return views
+
+
+class InferenceModel(nn.Module):
+    """A trained network with its input normalisation and test-time augmentation inside: takes
+    float images in [0, 1] (N x 3 x H x W) and returns the outputs the test step averages."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], tta: int, classes: list[str]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.tta = tta
+        self.classes = classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        views = tta_views(x, self.tta)
+        return torch.stack([self.net(v) for v in views]).mean(0)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to predict: ``module(images in [0, 1])`` -> averaged outputs."""
+
+    module: InferenceModel
+    classes: list[str]
+    image_size: int
+    info: dict[str, Any] = field(default_factory=dict)  # model name, config, source file
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.mean.device
+
+
+def safe_load(path: Path, what: str = "model file") -> dict:
+    """``torch.load`` with ``weights_only=True``; any failure is one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such {what}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # what weights_only refuses: pickled code or classes
+        raise ModelFileError(f"{path}: refused to load ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as e:
+        raise ModelFileError(f"{path}: not a readable {what} ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise ModelFileError(f"{path}: not a {what} (holds a {type(obj).__name__})")
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+def from_checkpoint(ckpt: dict, path: Path) -> dict:
+    """The ``model.pt`` dict of a Lightning checkpoint written by ``LitClassifier``."""
+    hp = ckpt.get("hyper_parameters") or {}
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or "config" not in hp or "num_classes" not in hp:
+        raise ModelFileError(f"{path}: not a cifar_lit checkpoint (no LitClassifier hyperparameters)")
+    if hp.get("mean") is None:
+        raise ModelFileError(f"{path}: made before checkpoints recorded their normalisation; retrain to use it")
+    net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    return {
+        "format": FORMAT,
+        "model": hp["config"]["model"],
+        "model_args": {"num_classes": hp["num_classes"]},
+        "classes": list(hp["class_names"]),
+        "image_size": hp.get("image_size", 32),
+        "mean": list(hp["mean"]),
+        "std": list(hp["std"]),
+        "tta": hp.get("tta", 0),
+        "config": hp["config"],
+        "state_dict": net_state,
+    }
+
+
+def read_model(path: Path) -> dict:
+    """A ``model.pt`` dict from a ``model.pt`` or a Lightning checkpoint, checked."""
+    obj = safe_load(path)
+    if obj.get("format") != FORMAT:
+        if "state_dict" in obj and "hyper_parameters" in obj:
+            return from_checkpoint(obj, path)
+        raise ModelFileError(f"{path}: not a cifar_lit model file (format {obj.get('format')!r})")
+    missing = {"model", "model_args", "classes", "image_size", "mean", "std", "tta", "state_dict"} - obj.keys()
+    if missing:
+        raise ModelFileError(f"{path}: model file lacks {', '.join(sorted(missing))}")
+    return obj
+
+
+def build_inference(doc: dict, path: Path) -> InferenceModel:
+    from cifar_lit.models import build_model
+
+    try:
+        net = build_model(doc["model"], **doc["model_args"])
+        net.load_state_dict(doc["state_dict"])
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise ModelFileError(f"{path}: weights do not fit model {doc['model']!r} ({_first_line(e)})") from None
+    return InferenceModel(net, doc["mean"], doc["std"], int(doc["tta"]), list(doc["classes"])).eval()
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """A model ready to predict, from ``model.pt`` or a Lightning checkpoint of this package."""
+    path = Path(path)
+    doc = read_model(path)
+    module = build_inference(doc, path).to(device)
+    info = {"model": doc["model"], "config": doc.get("config", {}), "file": str(path)}
+    return LoadedModel(module, list(doc["classes"]), int(doc["image_size"]), info)
+
+
+def package(checkpoint: Path, dest: Path) -> dict[str, Path]:
+    """Write ``model.pt`` and ``model.torchscript.pt`` for ``checkpoint`` into ``dest``."""
+    checkpoint, dest = Path(checkpoint), Path(dest)
+    doc = from_checkpoint(safe_load(checkpoint, "checkpoint"), checkpoint)
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {"model": dest / MODEL_FILE, "torchscript": dest / TORCHSCRIPT_FILE}
+    _save_atomic(doc, files["model"])
+    module = build_inference(doc, checkpoint)
+    tmp = files["torchscript"].with_name(f".{TORCHSCRIPT_FILE}.tmp")
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.export, but it is still the one format
+        # plain torch loads as a module with its class names attached, on every torch >= 2.6.
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(module), str(tmp))
+    tmp.replace(files["torchscript"])
+    return files
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)

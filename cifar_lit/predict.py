@@ -1,0 +1,96 @@
+"""Classify image files with a trained model: ``predict(model, paths) -> pandas.DataFrame``.
+
+    from cifar_lit.model_file import load_model
+    from cifar_lit.predict import predict
+    model = load_model("runs/registry/cifar10-airnet_s/v1/model.pt")
+    df = predict(model, ["photos/"])      # files and folders (searched recursively)
+
+Images are prepared exactly as the test step sees them (RGB, resized to the model's input
+size) and scored with the model's own normalisation and test-time augmentation. A file that
+cannot be read is a row with an ``error``, not a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cifar_lit.data.imagefolder import load_rgb32
+from cifar_lit.model_file import LoadedModel
+
+TOP_K = 3
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def image_files(paths: Iterable[Path | str]) -> Iterator[Path]:
+    """The given files, and the image files under the given folders (sorted, hidden ones
+    skipped); a path that does not exist is yielded as is, so it becomes an error row."""
+    for p in map(Path, paths):
+        if not p.is_dir():
+            yield p
+            continue
+        for dirpath, dirnames, files in os.walk(p):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    yield Path(dirpath) / name
+
+
+def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return np.asarray(load_rgb32(path)), None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a row with its reason
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"[:200]
+
+
+def _columns(k: int) -> list[str]:
+    cols = ["path", "prediction", "confidence"]
+    for i in range(1, k + 1):
+        cols += [f"top{i}", f"top{i}_prob"]
+    return cols + ["error"]
+
+
+@torch.no_grad()
+def predict(model: LoadedModel, paths: Iterable[Path | str], batch_size: int = 256) -> pd.DataFrame:
+    """One row per image: ``path, prediction, confidence, top1, top1_prob, ..., error``."""
+    if model.image_size != 32:
+        raise ValueError(f"{model.info.get('file')}: input size {model.image_size} is not supported by this loader")
+    k = min(TOP_K, len(model.classes))
+    rows: list[list] = []
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        x = torch.from_numpy(np.stack([a for _, a in batch])).permute(0, 3, 1, 2).float().div_(255)
+        probs = model.module(x.to(model.device)).float().softmax(1).cpu()
+        top_p, top_i = probs.topk(k, dim=1)
+        for (path, _), ps, idx in zip(batch, top_p.tolist(), top_i.tolist()):
+            row = [str(path), model.classes[idx[0]], ps[0]]
+            for p, i in zip(ps, idx):
+                row += [model.classes[i], p]
+            rows.append(row + [None] * (2 * (TOP_K - k)) + [None])
+        batch.clear()
+
+    for path in image_files(paths):
+        pixels, error = _read(path)
+        if error is not None:
+            rows.append([str(path), None, None] + [None] * (2 * TOP_K) + [error])
+            continue
+        batch.append((path, pixels))
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    df = pd.DataFrame(rows, columns=_columns(TOP_K))
+    return df
+
+
+def class_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Predicted class counts (errors counted as their own row), for the Prefect table."""
+    counts = df["prediction"].fillna("(error)").value_counts().rename_axis("class").reset_index(name="images")
+    return counts.sort_values(["images", "class"], ascending=[False, True], ignore_index=True)

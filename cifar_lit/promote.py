@@ -1,0 +1,160 @@
+"""The champion/challenger gate, and "nothing changed" for the nightly retrain.
+
+``gate`` evaluates the current ``production`` model (the champion) on the challenger's own test
+split, because a number measured on other data is not comparable, then promotes the challenger
+iff ``challenger test_acc >= champion test_acc + margin``. With no champion it promotes; when
+the class lists differ it does not, unless forced. A promoted model becomes the next registry
+version with the aliases ``latest`` and ``production``; a rejected one stays in its run's
+output dir (and in W&B with ``latest``), so versions are the models that were in production.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cifar_lit.config import TrainConfig
+from cifar_lit.data.split import read_split
+from cifar_lit.data.tensors import split_parts
+from cifar_lit.model_file import LoadedModel, load_model
+from cifar_lit.provenance import code_version, git_commit
+from cifar_lit.registry import ProductionMoved, Registry, Version
+
+
+@dataclass
+class Decision:
+    name: str
+    promoted: bool
+    version: str | None  # the challenger's registry version when promoted
+    champion_version: str | None
+    champion_test_acc: float | None
+    challenger_test_acc: float
+    reason: str
+    per_class: list[dict] = field(default_factory=list)  # class, challenger, champion accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def outputs(model: LoadedModel, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The model's test-time outputs for uint8 images (N x 3 x H x W), batch by batch."""
+    parts = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(model.device).float().div_(255)
+        parts.append(model.module(x).float().cpu())
+    return torch.cat(parts) if parts else torch.empty(0, len(model.classes))
+
+
+def evaluate_file(model: LoadedModel, split_file: Path, data_dir: Path) -> tuple[float, list[float]]:
+    """Accuracy and per-class accuracy of ``model`` on the test part of ``split_file``."""
+    split = read_split(split_file)
+    images, labels = split_parts(split, Path(data_dir).resolve(), parts=("test",))["test"]
+    preds = outputs(model, images).argmax(1)
+    correct = preds == labels
+    per_class = [float(correct[labels == c].float().mean()) if (labels == c).any() else float("nan")
+                 for c in range(len(model.classes))]
+    return float(correct.float().mean()), per_class
+
+
+def card(config: TrainConfig, tested: dict, fingerprint: str, run_name: str) -> dict[str, Any]:
+    """What the registry records about a model besides its files."""
+    return {
+        "metrics": tested["metrics"],
+        "per_class": tested["per_class"],
+        "classes": tested["classes"],
+        "model": config.model,
+        "config": config.as_dict(),
+        "effective_config": config.effective(),
+        "data_fingerprint": fingerprint,
+        "code_version": code_version(),
+        "git_commit": git_commit(),
+        "run_name": run_name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def unchanged(config: TrainConfig, fingerprint: str) -> Version | None:
+    """The production model when it was made from this data, this code and this effective
+    config (so training again would only reproduce it); else None."""
+    prod = Registry(config.registry).find(config.model_name(), "production")
+    if prod is None:
+        return None
+    c = prod.card
+    same = (c.get("data_fingerprint"), c.get("code_version"), c.get("effective_config"))
+    return prod if same == (fingerprint, code_version(), config.effective()) else None
+
+
+def gate(
+    config: TrainConfig, model_files: dict[str, Path], split_file: Path, model_card: dict[str, Any], attempts: int = 3
+) -> Decision:
+    """Compare the challenger (``model_files`` with ``model_card``) with production and
+    register it when it wins. If another run changes production meanwhile, compare again."""
+    reg, name = Registry(config.registry), config.model_name()
+    for _ in range(attempts):
+        decision, champion = _decide(config, reg, name, split_file, model_card)
+        if not decision.promoted:
+            return decision
+        files = {**model_files, "split": Path(split_file)}
+        try:
+            version = reg.add(name, files, {**model_card, "promotion": _brief(decision)},
+                              aliases=("latest", "production"), expect_production=champion.version if champion else None)
+        except ProductionMoved:
+            continue
+        decision.version = version.version
+        return decision
+    raise RuntimeError(f"registry {reg.root}: production of {name} kept changing during {attempts} comparisons")
+
+
+def _brief(d: Decision) -> dict[str, Any]:
+    return {k: v for k, v in d.to_dict().items() if k not in ("per_class", "version", "name")}
+
+
+def _decide(config: TrainConfig, reg: Registry, name: str, split_file: Path, model_card: dict) -> tuple[Decision, Version | None]:
+    acc = float(model_card["metrics"]["test_acc"])
+    classes = list(model_card["classes"])
+    champion = reg.find(name, "production")
+    ours = [r["accuracy"] for r in model_card["per_class"]]
+    if champion is None:
+        return Decision(name, True, None, None, None, acc, "no production model yet",
+                        _per_class(classes, ours, None)), None
+    base = dict(name=name, version=None, champion_version=champion.version, challenger_test_acc=acc)
+    theirs_classes = list(champion.card.get("classes", []))
+    if theirs_classes != classes and not config.force_promote:
+        return Decision(promoted=False, champion_test_acc=None, per_class=_per_class(classes, ours, None), **base,
+                        reason=f"class lists differ from production {champion.version} "
+                               f"({len(theirs_classes)} vs {len(classes)} classes); --force-promote to replace it"), champion
+    if theirs_classes != classes:
+        return Decision(promoted=True, champion_test_acc=None, per_class=_per_class(classes, ours, None), **base,
+                        reason=f"--force-promote: class lists differ from production {champion.version}"), champion
+    theirs_acc, theirs = evaluate_file(load_model(champion.file("model")), split_file, config.data_dir)
+    need = theirs_acc + config.promote_margin
+    promoted = acc >= need
+    verdict = ">=" if promoted else "<"
+    reason = (f"challenger test_acc {acc:.4f} {verdict} champion {champion.version} {theirs_acc:.4f}"
+              f" + margin {config.promote_margin:g} on the challenger's test split")
+    return Decision(promoted=promoted, champion_test_acc=theirs_acc, reason=reason,
+                    per_class=_per_class(classes, ours, theirs), **base), champion
+
+
+def _per_class(classes: list[str], ours: list[float], theirs: list[float] | None) -> list[dict]:
+    return [{"class": c, "challenger": a, "champion": None if theirs is None else theirs[i]}
+            for i, (c, a) in enumerate(zip(classes, ours))]
+
+
+def decision_markdown(d: Decision) -> str:
+    """The Prefect artifact: the verdict, then overall and per-class, champion vs challenger."""
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None or v != v else f"{100 * v:.2f}%"
+
+    head = f"# {'Promoted' if d.promoted else 'Not promoted'}: {d.name}" + (f" {d.version}" if d.version else "")
+    rows = ["| | champion | challenger |", "|---|---|---|",
+            f"| version | {d.champion_version or 'none'} | {d.version or 'not registered'} |",
+            f"| test_acc | {pct(d.champion_test_acc)} | {pct(d.challenger_test_acc)} |"]
+    rows += [f"| {r['class']} | {pct(r['champion'])} | {pct(r['challenger'])} |" for r in d.per_class]
+    return "\n".join([head, "", d.reason, "", *rows])

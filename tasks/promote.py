@@ -1,0 +1,38 @@
+"""promote: the champion/challenger gate, recorded as a Prefect artifact and a Prefect event."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from cifar_lit.config import TrainConfig
+from cifar_lit.export import mirror_promotion
+from cifar_lit.promote import decision_markdown, gate
+
+log = logging.getLogger(__name__)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_model(config: TrainConfig, model_files: dict, split_file: Path, card: dict, artifact_key: str) -> dict:
+    """Register the model as production iff it beats production on the same test split."""
+    decision = gate(config, {k: Path(v) for k, v in model_files.items()}, split_file, card)
+    create_markdown_artifact(decision_markdown(decision), key=artifact_key, description="champion vs challenger")
+    # An automation can act on these (notify, deploy the new production model...).
+    emit_event(
+        event=f"cifar_lit.model.{'promoted' if decision.promoted else 'rejected'}",
+        resource={"prefect.resource.id": f"cifar_lit.model.{decision.name}", "prefect.resource.name": decision.name},
+        payload={k: v for k, v in decision.to_dict().items() if k != "per_class"},
+    )
+    result = decision.to_dict()
+    if decision.promoted:
+        try:
+            result["wandb"] = mirror_promotion(config, decision.version)
+        except Exception as e:  # noqa: BLE001 - the file registry is the record; W&B mirrors it
+            log.warning("W&B: mirroring the promotion failed (%s); the registry at %s has it", e, config.registry)
+            result["wandb"] = {"mirrored": False, "error": str(e)[:200]}
+    return result
