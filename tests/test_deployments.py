@@ -17,6 +17,7 @@ from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import fakes
+import kubernetes_validate
 import pytest
 import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
@@ -106,6 +107,27 @@ def test_docker_template_renders_a_gpu_device_request():
         {"Driver": "nvidia", "Count": 1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
     ]
     assert host_config["ShmSize"] == 2 * 1024**3 and host_config["Memory"] == 16 * 1024**3
+
+
+# The oldest Kubernetes minor the template is checked against (the schemas kubernetes-validate
+# ships), and the newest it knows.
+KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.latest_version())
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_template_renders_a_valid_job(version):
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    config, _, _ = _render(KubernetesWorkerJobConfiguration, "cifar10-nightly-k8s")
+    # Strict: a field in the wrong object (a Job field in the Pod spec) is an error here. The API
+    # server only warns and drops it, so the Job the worker creates would silently lack it.
+    try:
+        kubernetes_validate.validate(config.job_manifest, version, strict=True)
+        error = None
+    except kubernetes_validate.ValidationError as e:
+        error = f"at {'.'.join(str(p) for p in e.path)}: {e.message}"  # the schema's dump is pages long
+    assert error is None, f"the Job manifest is invalid for Kubernetes {version} {error}"
+    assert (config.job_manifest["spec"]["completions"], config.job_manifest["spec"]["parallelism"]) == (1, 1)
 
 
 def test_templates_expose_gpu_count_image_node_selector_and_tolerations():
