@@ -1,8 +1,10 @@
-"""deployments/: the work-pool templates render GPU requests and prefect.yaml is valid; then, on a
-real Prefect server started here (database in a temp dir): setup.sh creates the pools and the
-failure automation, `prefect deploy` registers the three deployments, a process worker runs the
-local one end to end, headless Chromium shows that run in the UI, the pool's concurrency limit
-keeps two runs apart, and a failed run sends a notification."""
+"""deployments/: the work-pool templates render GPU requests, a valid Kubernetes Job and the
+shared storage mounts, and prefect.yaml is valid; then, on a real Prefect server started here
+(database in a temp dir): setup.sh creates the pools and the failure automation, `prefect deploy`
+registers the deployments with the checkout's commit as version and the nightly ones with a
+cancel-new concurrency limit, a process worker runs the local one end to end, headless Chromium
+shows that run in the UI, the pool's concurrency limit keeps two runs apart, and a failed run
+sends a notification."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,10 +26,13 @@ import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas import filters
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, FlowRun
 from prefect.client.schemas.schedules import CronSchedule
+from prefect.deployments.steps.core import run_steps
 from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelled, Completed, Pending, Running
+from prefect.utilities.engine import propose_state_sync
 from prefect_processes import (
     REPO,
     WebhookReceiver,
@@ -43,6 +49,8 @@ from cifar_lit.config import TrainConfig
 DEPLOYMENTS = REPO / "deployments"
 PREFECT_YAML = DEPLOYMENTS / "prefect.yaml"
 GPU_DEPLOYMENTS = ("cifar10-nightly-k8s", "cifar10-nightly-docker")
+TRAIN_DEPLOYMENTS = (*GPU_DEPLOYMENTS, "cifar10-local")
+STORAGE = "/mnt/cifar-lit"  # where both GPU templates mount the shared volume
 POOLS = {"gpu-kubernetes": "kubernetes", "gpu-docker": "docker", "local-process": "process"}
 TASKS = {"download", "split", "fit", "test", "export"}
 RUN_TIMEOUT = 600  # seconds for one tiny flow run: generous, the machine may be busy
@@ -60,17 +68,23 @@ def _template(pool: str) -> dict:
     return json.loads((DEPLOYMENTS / "work-pools" / f"{pool}.json").read_text())
 
 
-def _render(config_cls, deployment: str):
-    """The job configuration a worker of the deployment's pool builds for one of its runs."""
+def _render(config_cls, deployment: str, **job_variables):
+    """The job configuration a worker of the deployment's pool builds for one of its runs
+    (``job_variables``: what a run or the UI sets on top of the deployment's)."""
     pool = _deployment(deployment)["work_pool"]
+    values = {**pool["job_variables"], **job_variables}
     # A client for an address where nothing listens: the templates reference no blocks or
     # variables, so rendering must not need the API (without a client, Prefect would start its
     # ephemeral one).
     client = PrefectClient("http://127.0.0.1:9/api")
-    config = asyncio.run(config_cls.from_template_and_values(_template(pool["name"]), pool["job_variables"], client=client))
+    config = asyncio.run(config_cls.from_template_and_values(_template(pool["name"]), values, client=client))
     flow_run = FlowRun(id=uuid4(), flow_id=uuid4(), name="nightly-test")
     config.prepare_for_flow_run(flow_run)
-    return config, flow_run, pool["job_variables"]
+    return config, flow_run, values
+
+
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
 
 
 # ---- no server needed ----------------------------------------------------------------------
@@ -130,6 +144,35 @@ def test_kubernetes_template_renders_a_valid_job(version):
     assert (config.job_manifest["spec"]["completions"], config.job_manifest["spec"]["parallelism"]) == (1, 1)
 
 
+def test_kubernetes_job_mounts_the_storage_claim():
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    for variables, claim in (({}, "cifar-lit-storage"), ({"storage_claim": "team-a-data"}, "team-a-data")):
+        config, _, _ = _render(KubernetesWorkerJobConfiguration, "cifar10-nightly-k8s", **variables)
+        pod = config.job_manifest["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == STORAGE]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"] == {"claimName": claim}
+
+
+def test_docker_container_mounts_the_storage_volume():
+    import docker
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    storage = {"Type": "volume", "Source": "cifar-lit-storage", "Target": STORAGE}
+    config, _, _ = _render(DockerWorkerJobConfiguration, "cifar10-nightly-docker")
+    api = docker.APIClient(version="1.44")  # the host config the engine gets, as above
+    host_config = api.create_host_config(binds=config.volumes, **config.container_create_kwargs)
+    assert host_config["Mounts"] == [storage]
+    # The pool's own `volumes` variable adds bind mounts without dropping the storage volume.
+    config, _, _ = _render(DockerWorkerJobConfiguration, "cifar10-nightly-docker", volumes=["/srv/extra:/extra:ro"])
+    host_config = api.create_host_config(binds=config.volumes, **config.container_create_kwargs)
+    assert host_config["Mounts"] == [storage] and host_config["Binds"] == ["/srv/extra:/extra:ro"]
+    config, _, _ = _render(DockerWorkerJobConfiguration, "cifar10-nightly-docker", storage_volume="team-a-data")
+    assert config.container_create_kwargs["mounts"] == [{**storage, "Source": "team-a-data"}]
+
+
 def test_templates_expose_gpu_count_image_node_selector_and_tolerations():
     assert {"gpu_count", "image", "node_selector", "tolerations"} <= set(_template("gpu-kubernetes")["variables"]["properties"])
     assert {"gpu_count", "image"} <= set(_template("gpu-docker")["variables"]["properties"])
@@ -142,9 +185,13 @@ def test_prefect_yaml_is_valid(monkeypatch):
     monkeypatch.chdir(REPO)  # entrypoints are relative to the repository root, as for `prefect deploy`
     spec = _spec()
     model = PrefectYamlModel.model_validate(spec)
-    assert [d.name for d in model.deployments] == [*GPU_DEPLOYMENTS, "cifar10-local"]
+    assert [d.name for d in model.deployments] == [*TRAIN_DEPLOYMENTS, "batch-predict"]
     assert {d.work_pool.name for d in model.deployments} == set(POOLS)
     for deployment in model.deployments:
+        # Every deployment records the commit it was deployed from (the build step's output).
+        assert deployment.version == "{{ commit.stdout }}", deployment.name
+        if deployment.name not in TRAIN_DEPLOYMENTS:
+            continue
         assert deployment.entrypoint == "flows/train_flow.py:train_flow"
         flow = load_flow_from_entrypoint(deployment.entrypoint)
         assert flow.name == "train"
@@ -156,14 +203,48 @@ def test_prefect_yaml_is_valid(monkeypatch):
         config = TrainConfig(**_deployment(name)["parameters"]["config"])
         assert (config.accelerator, config.precision, config.devices) == ("gpu", "bf16-mixed", 1)
         assert config.wandb_mode == "auto"
+        # Everything a run keeps goes to the mounted volume, not the container's own disk.
+        assert (config.data_dir, config.runs_dir, config.registry_dir) == tuple(
+            Path(STORAGE, d) for d in ("data", "runs", "registry")
+        )
+        assert config.with_output_dir().output_dir.parent == Path(STORAGE, "runs")
+        limit = ConcurrencyLimitConfig.model_validate(_deployment(name)["concurrency_limit"])
+        assert (limit.limit, limit.collision_strategy) == (1, ConcurrencyLimitStrategy.CANCEL_NEW)
     local = _deployment("cifar10-local")
     assert not any(s.get("active", True) for s in local["schedules"])
     assert TrainConfig(**local["parameters"]["config"]).accelerator == "cpu"
-    # GPU runs clone the code and install it; local runs use the checkout they were deployed from.
+    # GPU runs clone the deployed commit (git_clone takes a branch or a commit, not both) and
+    # install it; local runs use the checkout they were deployed from.
+    (commit,) = spec["build"]
+    step = commit["prefect.deployments.steps.run_shell_script"]
+    assert step == {"id": "commit", "script": "git rev-parse HEAD", "stream_output": False}
+    assert local["build"][0] == commit
     clone, install = spec["pull"]
-    assert next(iter(clone)) == "prefect.deployments.steps.git_clone"
+    clone = clone["prefect.deployments.steps.git_clone"]
+    assert clone["commit_sha"] == "{{ commit.stdout }}" and "branch" not in clone
     assert install["prefect.deployments.steps.run_shell_script"]["script"] == "pip install --quiet -e ."
     assert next(iter(local["pull"][0])) == "prefect.deployments.steps.set_working_directory"
+
+
+def test_batch_predict_deployment_reads_and_writes_the_shared_storage():
+    # flows/predict_flow.py is being written: its structure only, without importing it.
+    predict = _deployment("batch-predict")
+    assert predict["entrypoint"] == "flows/predict_flow.py:predict_flow"
+    assert predict["schedules"] == [] and "build" not in predict and "pull" not in predict
+    limit = ConcurrencyLimitConfig.model_validate(predict["concurrency_limit"])
+    assert (limit.limit, limit.collision_strategy) == (1, ConcurrencyLimitStrategy.ENQUEUE)  # requests queue
+    # The Docker GPU pool: the host whose volume the nightly runs fill (CPU inference works too).
+    assert predict["work_pool"] == _deployment("cifar10-nightly-docker")["work_pool"]
+    assert predict["parameters"] == {
+        "config": {
+            "registry_dir": f"{STORAGE}/registry",
+            "input": [f"{STORAGE}/incoming"],
+            "output": f"{STORAGE}/predictions/predictions.csv",
+        }
+    }
+    # The registry it reads is the one the nightly runs write.
+    for name in GPU_DEPLOYMENTS:
+        assert _deployment(name)["parameters"]["config"]["registry_dir"] == predict["parameters"]["config"]["registry_dir"]
 
 
 # ---- on a real server ----------------------------------------------------------------------
@@ -193,13 +274,29 @@ def env(api, tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def deployed(env, webhook) -> dict:
-    """setup.sh (pools, notification block, automation), then `prefect deploy` of prefect.yaml."""
+def deployment(env, webhook) -> tuple[dict, set[str]]:
+    """setup.sh (pools, notification block, automation), then `prefect deploy` of prefect.yaml:
+    the deployments as registered, and the checkout's commit when deploy ran."""
     run_cli(["bash", str(DEPLOYMENTS / "setup.sh"), "--webhook-url", webhook.url], env)
-    run_cli(["prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_YAML)], env)
-    names = (*GPU_DEPLOYMENTS, "cifar10-local")
+    # Every deployment whose flow file exists: flows/predict_flow.py is still being written, and
+    # `prefect deploy` imports each entrypoint. Once it exists this deploys all of them, as
+    # `--all` does.
+    names = [d["name"] for d in _spec()["deployments"] if (REPO / d["entrypoint"].split(":")[0]).is_file()]
+    assert set(TRAIN_DEPLOYMENTS) <= set(names)
+    commits = {_head()}  # before and after: others may commit to this checkout meanwhile
+    by_name = [arg for name in names for arg in ("-n", name)]
+    run_cli(["prefect", "--no-prompt", "deploy", *by_name, "--prefect-file", str(PREFECT_YAML)], env)
+    commits.add(_head())
     with get_client(sync_client=True) as client:
-        return {name: client.read_deployment_by_name(f"train/{name}") for name in names}
+        of_names = filters.DeploymentFilter(name=filters.DeploymentFilterName(any_=names))
+        registered = client.read_deployments(deployment_filter=of_names)
+    assert sorted(d.name for d in registered) == sorted(names)
+    return {d.name: d for d in registered}, commits
+
+
+@pytest.fixture(scope="module")
+def deployed(deployment) -> dict:
+    return deployment[0]
 
 
 def _create_run(deployment, config: TrainConfig) -> FlowRun:
@@ -277,8 +374,10 @@ def test_setup_creates_the_pools_and_the_automation(deployed):
     assert {name: pool.type for name, pool in pools.items()} == POOLS
     for name in ("gpu-kubernetes", "gpu-docker"):
         assert pools[name].base_job_template == _template(name)
-    # One run at a time per GPU pool; the local pool carries the same limit (tested below).
-    assert {name: pool.concurrency_limit for name, pool in pools.items()} == dict.fromkeys(POOLS, 1)
+    # No pool limit on the GPU pools, so that the nightly deployments' own limits see (and
+    # cancel) a second run; the local pool queues its runs (tested below).
+    limits = {name: pool.concurrency_limit for name, pool in pools.items()}
+    assert limits == {"gpu-kubernetes": None, "gpu-docker": None, "local-process": 1}
     assert automation.enabled
     assert automation.trigger.expect >= {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
     (action,) = automation.actions
@@ -305,7 +404,6 @@ def test_deploy_registers_gpu_schedules_with_cron_and_timezone(deployed):
         assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
         assert deployment.parameters == _deployment(name)["parameters"]
         assert deployment.job_variables["gpu_count"] == 1
-        assert deployment.pull_steps[0]["prefect.deployments.steps.git_clone"]["branch"] == "main"
         # The server's scheduler turns the schedule into runs at 02:00 Berlin time.
         of_deployment = filters.DeploymentFilter(id=filters.DeploymentFilterId(any_=[deployment.id]))
         deadline = time.monotonic() + 120
@@ -324,6 +422,55 @@ def test_deploy_registers_gpu_schedules_with_cron_and_timezone(deployed):
     assert not any(s.active for s in local.schedules)
     # The checkout `prefect deploy` ran in, recorded by the build step.
     assert local.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+
+
+def test_deploy_records_the_checkout_commit_as_version(deployment, tmp_path, monkeypatch):
+    deployed, commits = deployment
+    (commit,) = {d.version for d in deployed.values()}  # the same commit for all of them
+    assert commit in commits and len(commit) == 40, commit
+    assert deployed.keys() >= set(TRAIN_DEPLOYMENTS)
+    for name in GPU_DEPLOYMENTS:
+        # GPU runs clone exactly that commit, whatever has been pushed since.
+        (clone, _install) = deployed[name].pull_steps
+        step = clone["prefect.deployments.steps.git_clone"]
+        assert step["commit_sha"] == commit and "branch" not in step, step
+    # Run the registered clone step, as a run's first pull step, against this repository.
+    monkeypatch.chdir(tmp_path)
+    step = {**step, "repository": REPO.as_uri()}
+    outputs = asyncio.run(run_steps([{"prefect.deployments.steps.git_clone": step}]))
+    checkout = tmp_path / outputs["clone"]["directory"]
+    cloned = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True)
+    assert cloned.stdout.strip() == commit
+
+
+def test_nightly_deployments_cancel_a_run_while_one_is_going(deployed):
+    for name in GPU_DEPLOYMENTS:
+        deployment = deployed[name]
+        assert deployment.global_concurrency_limit.limit == 1
+        assert deployment.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+        assert deployment.concurrency_options.grace_period_seconds == 1800
+    # What a worker does with each run it picks up (it proposes Pending before it starts any
+    # infrastructure), for two runs of the Kubernetes deployment, and one after the first ends.
+    deployment = deployed["cifar10-nightly-k8s"]
+    runs = []
+    with get_client(sync_client=True) as client:
+        try:
+            for _ in range(3):
+                runs.append(client.create_flow_run_from_deployment(deployment.id))
+            first, second, third = (r.id for r in runs)
+            assert {r.deployment_version for r in runs} == {deployment.version}  # each run shows the commit
+            assert propose_state_sync(client, Pending(), flow_run_id=first).is_pending()
+            state = propose_state_sync(client, Pending(), flow_run_id=second)
+            assert state.is_cancelled() and state.message == "Deployment concurrency limit reached."
+            assert client.read_flow_run(second).state.is_cancelled()  # not queued: it never runs
+            propose_state_sync(client, Running(), flow_run_id=first)
+            propose_state_sync(client, Completed(), flow_run_id=first)
+            assert propose_state_sync(client, Pending(), flow_run_id=third).is_pending()  # the slot is free again
+        finally:
+            for run in runs:  # the schedule test expects only the scheduler's runs
+                if not client.read_flow_run(run.id).state.is_final():
+                    propose_state_sync(client, Cancelled(), flow_run_id=run.id, force=True)
+                client.delete_flow_run(run.id)
 
 
 @pytest.mark.slow
@@ -406,8 +553,8 @@ def test_flow_run_page_shows_tasks_and_artifacts_in_chromium(api, local_run, tmp
 
 @pytest.mark.slow
 def test_pool_concurrency_limit_runs_one_training_at_a_time(deployed, env, make_config, tmp_path):
-    # local-process carries the GPU pools' limit (see above): two runs created together must
-    # not overlap, whichever the worker picks first.
+    # local-process has a pool limit of 1 (see above): two runs created together must not
+    # overlap, whichever the worker picks first, and both run (queued, not cancelled).
     configs = [make_config(max_epochs=1, wandb_mode="disabled", output_dir=tmp_path / f"run{i}") for i in (1, 2)]
     runs = [_create_run(deployed["cifar10-local"], config) for config in configs]
     log = tmp_path / "worker.log"
