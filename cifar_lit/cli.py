@@ -11,7 +11,7 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cifar_lit.config import RECIPE_FIELDS, TrainConfig
 
@@ -36,36 +36,45 @@ def _choices(annotation) -> list[str] | None:
     return None
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None, model: type[BaseModel] = TrainConfig, description: str | None = None):
     parser = _OneLineParser(
         prog=prog,
-        description="Train, test and export an image classifier (Lightning + Prefect + W&B).",
+        description=description or "Train, test and export an image classifier (Lightning + Prefect + W&B).",
     )
-    for name, info in TrainConfig.model_fields.items():
+    for name, info in model.model_fields.items():
         choices = _choices(info.annotation)
-        default = "the recipe's value" if name in RECIPE_FIELDS else info.default
-        if name == "val_size":
+        default = "the recipe's value" if model is TrainConfig and name in RECIPE_FIELDS else info.default
+        if model is TrainConfig and name == "val_size":
             default = "0 in the fast recipes, else 5000 for CIFAR, 0.1 for image folders"
         help_text = info.description or ""
         if choices:
             help_text += f"; one of {', '.join(choices)}"
-        # Values stay strings here; TrainConfig converts and validates them in one place.
-        parser.add_argument(flag(name), dest=name, metavar=name.upper(), help=f"{help_text} (default: {default})")
+        kwargs: dict = {"dest": name, "metavar": name.upper()}
+        if info.annotation is bool:  # a switch: --force / --no-force
+            kwargs = {"dest": name, "action": argparse.BooleanOptionalAction, "default": None}
+        elif typing.get_origin(info.annotation) is list:
+            kwargs["nargs"] = "+"
+        if info.is_required():
+            help_text += " (required)"
+        elif default is not None and "default" not in help_text:  # each default said once
+            help_text += f" (default: {default})"
+        # Values stay strings here; the pydantic model converts and validates them in one place.
+        parser.add_argument(flag(name), help=help_text, **kwargs)
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> TrainConfig:
-    """Flags to a validated TrainConfig; exits 2 with one line on any bad flag or value."""
-    parser = build_parser(prog)
+def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, model: type[BaseModel] = TrainConfig):
+    """Flags to a validated config; exits 2 with one line on any bad flag or value."""
+    parser = build_parser(prog, model, (model.__doc__ or "").strip().splitlines()[0] if model is not TrainConfig else None)
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
     try:
-        return TrainConfig(**given)
+        return model(**given)
     except ValidationError as e:
-        parser.error(describe_error(e))
+        parser.error(describe_error(e, model))
 
 
-def describe_error(e: ValidationError) -> str:
+def describe_error(e: ValidationError, model: type[BaseModel] = TrainConfig) -> str:
     """The first validation error as ``--flag: message``."""
     err = e.errors()[0]
     msg = str(err["msg"]).removeprefix("Value error, ")
@@ -73,7 +82,7 @@ def describe_error(e: ValidationError) -> str:
         return f"{flag(str(err['loc'][0]))}: {msg}"
     # Model-level checks start their message with the field name: "data_dir: ...".
     field, sep, rest = msg.partition(": ")
-    if sep and field in TrainConfig.model_fields:
+    if sep and field in model.model_fields:
         return f"{flag(field)}: {rest}"
     return msg
 

@@ -364,3 +364,25 @@ class TrainConfig(BaseModel):
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe dict: the W&B run config and the checkpoint's hyperparameters."""
         return self.model_dump(mode="json")
+
+
+class PredictConfig(BaseModel):
+    """What to classify and with which model: the predict flow's parameters and its CLI."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    input: list[Path] = Field(..., min_length=1, description="image files and folders (searched recursively)")
+    output: Path = Field(Path("predictions.csv"), description="the CSV to write")
+    registry_dir: Path = Field(Path("runs/registry"), description="the model registry")
+    name: str | None = Field(None, description="model name in the registry (default: its only model)")
+    alias: Literal["production", "latest"] = Field("production", description="which registry version to use")
+    version: str | None = Field(None, pattern=r"^v[1-9]\d*$", description="a registry version (vN) instead of the alias")
+    model: Path | None = Field(None, description="a model file (model.pt or a checkpoint) instead of the registry")
+    batch_size: int = Field(256, ge=1, description="images per forward pass")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to run the model")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictConfig:
+        if self.model is not None and self.version is not None:
+            raise ValueError("version: give a registry version or a --model file, not both")
+        return self

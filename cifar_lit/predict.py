@@ -22,6 +22,7 @@ import torch
 
 from cifar_lit.data.imagefolder import load_rgb32
 from cifar_lit.model_file import LoadedModel
+from cifar_lit.registry import RegistryError
 
 TOP_K = 3
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -62,7 +63,7 @@ def predict(model: LoadedModel, paths: Iterable[Path | str], batch_size: int = 2
         raise ValueError(f"{model.info.get('file')}: input size {model.image_size} is not supported by this loader")
     k = min(TOP_K, len(model.classes))
     rows: list[list] = []
-    batch: list[tuple[Path, np.ndarray]] = []
+    batch: list[tuple[int, np.ndarray]] = []  # (row index, pixels)
 
     def flush() -> None:
         if not batch:
@@ -70,27 +71,62 @@ def predict(model: LoadedModel, paths: Iterable[Path | str], batch_size: int = 2
         x = torch.from_numpy(np.stack([a for _, a in batch])).permute(0, 3, 1, 2).float().div_(255)
         probs = model.module(x.to(model.device)).float().softmax(1).cpu()
         top_p, top_i = probs.topk(k, dim=1)
-        for (path, _), ps, idx in zip(batch, top_p.tolist(), top_i.tolist()):
-            row = [str(path), model.classes[idx[0]], ps[0]]
-            for p, i in zip(ps, idx):
-                row += [model.classes[i], p]
-            rows.append(row + [None] * (2 * (TOP_K - k)) + [None])
+        for (row, _), ps, idx in zip(batch, top_p.tolist(), top_i.tolist()):
+            rows[row][1:3] = [model.classes[idx[0]], ps[0]]
+            for j, (p, i) in enumerate(zip(ps, idx)):
+                rows[row][3 + 2 * j : 5 + 2 * j] = [model.classes[i], p]
         batch.clear()
 
+    model.module.eval()
     for path in image_files(paths):
         pixels, error = _read(path)
-        if error is not None:
-            rows.append([str(path), None, None] + [None] * (2 * TOP_K) + [error])
-            continue
-        batch.append((path, pixels))
-        if len(batch) == batch_size:
-            flush()
+        rows.append([str(path), None, None] + [None] * (2 * TOP_K) + [error])
+        if error is None:
+            batch.append((len(rows) - 1, pixels))
+            if len(batch) == batch_size:
+                flush()
     flush()
-    df = pd.DataFrame(rows, columns=_columns(TOP_K))
-    return df
+    return pd.DataFrame(rows, columns=_columns(TOP_K))
 
 
 def class_counts(df: pd.DataFrame) -> pd.DataFrame:
     """Predicted class counts (errors counted as their own row), for the Prefect table."""
     counts = df["prediction"].fillna("(error)").value_counts().rename_axis("class").reset_index(name="images")
     return counts.sort_values(["images", "class"], ascending=[False, True], ignore_index=True)
+
+
+def resolve_model(config) -> Path:
+    """The model file a ``PredictConfig`` names: ``--model``, or a registry version or alias.
+    A missing registry, model, alias or file is one RegistryError/ModelFileError line."""
+    from cifar_lit.model_file import ModelFileError
+    from cifar_lit.registry import Registry
+
+    if config.model is not None:
+        if not config.model.is_file():
+            raise ModelFileError(f"model: {config.model} does not exist")
+        return config.model
+    reg = Registry(config.registry_dir)
+    if not reg.root.is_dir():
+        raise RegistryError(f"registry_dir: {reg.root} does not exist (train first, or pass --model FILE)")
+    version = reg.get(config.name or reg.only_name(), version=config.version, alias=config.alias)
+    path = version.file("model")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: listed in {version.path / 'model.json'} but missing")
+    return path
+
+
+def predict_to_csv(config) -> dict:
+    """Resolve the model, classify ``config.input`` and write ``config.output``; return a summary."""
+    from cifar_lit.model_file import load_model
+
+    path = resolve_model(config)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    model = load_model(path, device=device)
+    df = predict(model, config.input, batch_size=config.batch_size)
+    out = Path(config.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)
+    return {"model": str(path), "output": str(out), "images": len(df), "errors": int(df["error"].notna().sum()),
+            "counts": class_counts(df).to_dict("records")}

@@ -13,9 +13,14 @@ shows up in that server's UI.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
+
+# Without PREFECT_API_URL, Prefect starts a temporary API server; on a busy 2-core machine it can
+# take longer than Prefect's default 20 s to answer, which would crash the run before it starts.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact

@@ -1,0 +1,59 @@
+"""The predict flow: classify image files and folders with a registered model, into a CSV.
+
+    python flows/predict_flow.py --registry-dir runs/registry --input photos/ --output preds.csv
+    python flows/predict_flow.py --model runs/<run>/model/model.pt --input a.png b.jpg
+    python flows/predict_flow.py --help
+
+Columns: path, prediction, confidence, top1..top3 with their probabilities, error (an unreadable
+file is a row with its reason). A missing registry, alias or model file exits 2 with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Without PREFECT_API_URL, Prefect starts a temporary API server; on a busy 2-core machine it can
+# take longer than Prefect's default 20 s to answer, which would crash the run before it starts.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from cifar_lit.config import PredictConfig
+from cifar_lit.predict import predict_to_csv
+
+
+@task(name="predict", cache_policy=NO_CACHE)
+def predict_files(config: PredictConfig) -> dict:
+    """Classify every image under config.input and write config.output."""
+    return predict_to_csv(config)
+
+
+@flow(name="predict", log_prints=True)
+def predict_flow(config: PredictConfig) -> dict:
+    """Classify images with a registry model (or a model file); returns what was written."""
+    result = predict_files(config)
+    create_table_artifact(result["counts"], key="predicted-class-counts", description=f"predictions of {result['model']}")
+    get_run_logger().info("%d images (%d unreadable) -> %s", result["images"], result["errors"], result["output"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from cifar_lit.cli import parse_config
+    from cifar_lit.model_file import ModelFileError, read_model
+    from cifar_lit.predict import resolve_model
+    from cifar_lit.registry import RegistryError
+
+    config = parse_config(argv, prog="predict_flow.py", model=PredictConfig)
+    try:  # before any flow run exists: a wrong name, path or file is the user's one-line error
+        read_model(resolve_model(config))
+    except (RegistryError, ModelFileError) as e:
+        print(f"predict_flow.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return predict_flow(config)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
