@@ -13,6 +13,7 @@ This module imports neither torch nor Lightning, so the CLI can validate flags i
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -314,9 +315,10 @@ class TrainConfig(BaseModel):
 
     # ---- derived values ------------------------------------------------------------------
     def run_name(self, when: datetime | None = None) -> str:
-        """A readable, unique run name, e.g. ``cifar10-seed_cnn-e2-20261127-163000``."""
+        """A readable, unique run name, e.g. ``cifar10-seed_cnn-e2-20261127-163000-3f2a``: the
+        random suffix keeps two runs started in the same second out of each other's output dir."""
         stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
-        return f"{self.dataset}-{self.model}-e{self.max_epochs}-{stamp}"
+        return f"{self.dataset_name()}-{self.model}-e{self.max_epochs}-{stamp}-{secrets.token_hex(2)}"
 
     def with_output_dir(self, run_name: str | None = None) -> TrainConfig:
         """This config with ``output_dir`` resolved (``runs/<run name>`` when unset)."""

@@ -1,4 +1,4 @@
-"""split: the seeded train/val(/test) indices file, cached on (data, sizes, seed)."""
+"""split: the seeded train/val(/test) indices file, cached on (data, sizes, seed, code)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ from pathlib import Path
 
 from prefect import task
 
+import cifar_lit.data.split as split_module
 from cifar_lit.data.prepare import DataRef
 from cifar_lit.data.split import make_split, split_file_path
+from cifar_lit.provenance import source_hash
 
 
 def _cache_key(context, parameters) -> str:
     p = parameters
-    return "split-" + split_file_path(p["ref"], p["val_size"], p["test_size"], p["seed"], p["data_dir"]).stem
+    stem = split_file_path(p["ref"], p["val_size"], p["test_size"], p["seed"], p["data_dir"]).stem
+    # The split code is part of the key: a change to how splits are made re-runs the stage.
+    return f"split-{stem}-{source_hash(split_module)}"
 
 
 @task(name="split", cache_key_fn=_cache_key, persist_result=True)

@@ -96,6 +96,13 @@ def test_run_name_and_output_dir():
     resolved = c.with_output_dir("cifar10-x")
     assert resolved.out == Path("runs/cifar10-x")
     assert c.run_name().startswith("cifar10-seed_cnn-e2-")
+    # Two runs started in the same second never share a default output dir.
+    from datetime import datetime
+
+    when = datetime(2026, 11, 28, 12, 0, 0)
+    names = {c.run_name(when) for _ in range(20)}
+    assert len(names) == 20 and all(n.startswith("cifar10-seed_cnn-e2-20261128-120000-") for n in names)
+    assert c.model_copy(update={"runs_dir": Path("/mnt/runs")}).with_output_dir("x").out == Path("/mnt/runs/x")
     with pytest.raises(ValueError, match="output_dir"):
         _ = c.out
 
@@ -117,6 +124,14 @@ def test_cli_maps_every_field_to_a_flag():
         (["--dataset", "imagefolder", "--data-dir", "/nope"], "--data-dir: /nope has no train/ folder"),
         (["--wandb-mode", "loud"], "--wandb-mode: Input should be"),
         (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
+        # inf/NaN would train NaNs and export them; a seed must fit numpy's and torch's generators.
+        (["--lr", "inf"], "--lr: Input should be a finite number"),
+        (["--weight-decay", "nan"], "--weight-decay: Input should be a finite number"),
+        (["--muon-lr", "inf"], "--muon-lr: Input should be a finite number"),
+        (["--promote-margin", "nan"], "--promote-margin: Input should be a finite number"),
+        (["--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
+        (["--seed", str(2**32)], "--seed: Input should be less than or equal to 4294967295"),
+        (["--force", "yes"], "unrecognized arguments: yes"),
     ],
 )
 def test_bad_flag_exits_2_with_one_line(argv, message, capsys):
