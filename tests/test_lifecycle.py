@@ -300,3 +300,23 @@ def test_a_crafted_model_file_runs_nothing(tmp_path, monkeypatch):
     with pytest.raises(ModelFileError, match=f"^{crafted}: refused to load"):
         load_model(crafted)
     assert not MARKER.exists()
+
+
+def test_registry_command_lists_shows_and_rolls_back(tmp_path, capsys):
+    from cifar_lit.registry import main
+
+    reg = Registry(tmp_path / "reg")
+    src = tmp_path / "model.pt"
+    src.write_bytes(b"w")
+    for acc in (0.5, 0.7):
+        reg.add("m", {"model": src}, {"metrics": {"test_acc": acc}}, aliases=("latest", "production"))
+    args = ["--registry-dir", str(reg.root)]
+    assert main([*args, "set-alias", "m", "production", "v1"]) == 0
+    assert reg.aliases("m") == {"latest": "v2", "production": "v1"}
+    capsys.readouterr()
+    assert main([*args, "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["m v1  test_acc=0.5  production", "m v2  test_acc=0.7  latest"]
+    assert main([*args, "show", "m"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "v1"
+    assert main([*args, "set-alias", "m", "production", "v7"]) == 2
+    assert "has no version 'v7'" in capsys.readouterr().err and reg.aliases("m")["production"] == "v1"
