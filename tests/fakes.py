@@ -2,18 +2,26 @@
 
 Images carry a class-dependent colour and stripe pattern plus noise, so a small network learns
 them in a few steps and tests can check that training does something.
+
+The server can also misbehave the way real mirrors do (``Fault``): error statuses with
+``Retry-After``, bodies cut short of their Content-Length, stalls before or in the middle of a
+body, and slow bodies, so download tests inject those faults over a real socket.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
+import socket
 import tarfile
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -73,6 +81,49 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def with_members(archive: bytes, extra: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    """``archive`` (a tar.gz) with ``extra`` members appended after its own, e.g. links or
+    devices built with ``tarfile.TarInfo``; ``None`` as content for members without data."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as src, tarfile.open(fileobj=buf, mode="w:gz") as out:
+        for member in src.getmembers():
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+        for info, content in extra:
+            if content is not None:
+                info.size = len(content)
+            out.addfile(info, io.BytesIO(content) if content is not None else None)
+    return buf.getvalue()
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporary download (``*.part``) or extraction (``.extract-*``) files left in a data root."""
+    return sorted(p.name for p in Path(root).iterdir() if p.name.endswith(".part") or p.name.startswith(".extract-"))
+
+
+def snapshot(top: Path) -> dict[str, object]:
+    """Every path under ``top``: its bytes, ``("link", target)`` or ``"dir"``; to compare before and after."""
+    out: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(top))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = p.read_bytes()
+    return out
+
+
+def refused_url(path: str = "/cifar10.tar.gz") -> str:
+    """A URL on 127.0.0.1 where nothing listens: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
 def image_folder(
     root: Path, classes=("cat", "dog", "frog"), per_class: int = 12, test_per_class: int = 0, seed: int = 0
 ) -> Path:
@@ -91,51 +142,127 @@ def image_folder(
 
 
 @dataclass
+class Fault:
+    """What the server does to one GET instead of answering it normally.
+
+    ``status``: answer with this status (and ``headers``, e.g. ``Retry-After``) instead of the file.
+    ``truncate_to``: announce the full Content-Length, send this many bytes, close the connection.
+    ``stall_after``: send this many bytes of the body, then go silent with the connection open
+    (until the server stops, or ``FileServer.stall_seconds``). ``stall_headers``: go silent
+    before even sending the status line.
+    """
+
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    truncate_to: int | None = None
+    stall_after: int | None = None
+    stall_headers: bool = False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers for the ``FileServer`` at ``self.server.fake``."""
+
+    def _answer(self, body: bool) -> None:
+        fake: FileServer = self.server.fake
+        status, data, fault = fake._take(self.command, self.path, dict(self.headers.items()))
+        if fault.stall_headers:
+            fake._stopping.wait(fake.stall_seconds)
+            return
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in fault.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            try:
+                self._send_body(fake, data, fault)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout, or torchvision's redirect probe)
+
+    def _send_body(self, fake: FileServer, data: bytes, fault: Fault) -> None:
+        end = len(data)
+        if fault.truncate_to is not None or fault.stall_after is not None:
+            end = min(end, fault.truncate_to if fault.truncate_to is not None else fault.stall_after)
+            self.close_connection = True
+        pieces = 20 if fake.body_seconds > 0 else 1
+        step = max(1, -(-end // pieces))
+        for start in range(0, end, step):
+            self.wfile.write(data[start : start + step])
+            self.wfile.flush()
+            if fake.body_seconds > 0:
+                time.sleep(fake.body_seconds / pieces)
+        if fault.stall_after is not None:
+            fake._stopping.wait(fake.stall_seconds)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(body=False)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@dataclass
 class FileServer:
-    """Serves ``files`` on 127.0.0.1; answers 503 to the next ``fail_next`` requests."""
+    """Serves ``files`` on 127.0.0.1; answers 503 to the next ``fail_next`` requests.
+
+    Each GET takes the next of ``faults`` while there are any. Probes take none, so a client
+    that probes first meets the fault on its download: HEAD requests, and torchvision's redirect
+    probe (a GET that carries a ``Method: HEAD`` header and closes without reading the body).
+    ``body_seconds`` spreads every body over about that long (a slow mirror). ``requests`` lists
+    (method, path with query, status); ``request_times`` (time.monotonic) and
+    ``request_headers`` go with it, index for index.
+    """
 
     files: dict[str, bytes]
     fail_next: int = 0
     requests: list[tuple[str, str, int]] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    body_seconds: float = 0.0
+    stall_seconds: float = 8.0  # bounded, so a client without a timeout still ends (as a test failure)
+    request_times: list[float] = field(default_factory=list)
+    request_headers: list[dict[str, str]] = field(default_factory=list)
 
     def start(self) -> FileServer:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self, body: bool) -> None:
-                if server.fail_next > 0:
-                    server.fail_next -= 1
-                    status, data = 503, b"busy"
-                elif self.path in server.files:
-                    status, data = 200, server.files[self.path]
-                else:
-                    status, data = 404, b"not found"
-                server.requests.append((self.command, self.path, status))
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    try:
-                        self.wfile.write(data)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass  # torchvision's redirect probe closes before reading the body
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._answer(body=True)
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                self._answer(body=False)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.fake = self
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
+
+    def _take(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes, Fault]:
+        """What to answer to one request, and record it. Handlers run in threads: the lock makes
+        each fault go to exactly one request."""
+        probe = method == "HEAD" or headers.get("Method") == "HEAD"
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                fault = Fault(status=503)
+            else:
+                fault = self.faults.pop(0) if self.faults and not probe else Fault()
+            file = urlsplit(path).path  # a ?token=... query does not change which file
+            if fault.status is not None:
+                status, data = fault.status, b"busy"
+            elif file in self.files:
+                status, data = 200, self.files[file]
+            else:
+                status, data = 404, b"not found"
+            self.requests.append((method, path, status))
+            self.request_times.append(time.monotonic())
+            self.request_headers.append(headers)
+        return status, data, fault
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
+    def gets(self) -> list[tuple[str, int]]:
+        """(path, status) of every GET so far: what a download actually fetched."""
+        return [(path, status) for method, path, status in self.requests if method == "GET"]
+
     def stop(self) -> None:
+        self._stopping.set()  # let stalled handlers end
         self.httpd.shutdown()
         self.httpd.server_close()
