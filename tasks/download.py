@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from cifar_lit.data.cifar import SOURCES, is_ready
+from cifar_lit.data.cifar import SOURCES, DownloadError, is_ready
 from cifar_lit.data.imagefolder import stat_signature
 from cifar_lit.data.prepare import DataRef, prepare_data
 
@@ -41,8 +41,11 @@ def _cache_key(context, parameters) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth a retry: server errors (5xx, 429), refused or dropped connections, timeouts.
-    A checksum mismatch or a bad folder is not: retrying would fetch the same wrong bytes."""
+    """Worth a retry: server errors (5xx, 429), refused or dropped connections, timeouts, a body
+    cut short. A checksum mismatch, a refused archive or a bad folder is not: retrying would
+    fetch the same wrong bytes."""
+    if isinstance(exc, DownloadError):
+        return exc.transient
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code >= 500 or exc.code == 429
     return isinstance(exc, urllib.error.URLError | ConnectionError | TimeoutError | socket.timeout)

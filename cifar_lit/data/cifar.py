@@ -1,26 +1,58 @@
-"""CIFAR-10/100: download with torchvision's downloader, verify, extract safely, load the pickles.
+"""CIFAR-10/100: download, verify, extract safely, load the pickles.
 
-The archive is fetched to ``<file>.part`` and renamed only once its md5 matches, then extracted
-into a fresh temporary folder with tarfile's ``data`` filter (no member can land outside the data
-root: absolute paths, ``..`` and links out are refused) and moved into place. A corrupt download
+The download is a small HTTP client of its own (urllib) rather than torchvision's
+``download_url``, because a production download has to do what that one does not: give up on a
+mirror that stalls (a read timeout, ``CIFAR_LIT_DOWNLOAD_TIMEOUT`` seconds, 30 by default), tell
+a connection that closed early (retried) from a wrong archive (not retried), wait as long as a
+``Retry-After`` asks, and never print a URL's credentials or query string.
+
+One download at a time per data root: an ``fcntl.flock`` on a lock file there serialises
+concurrent first runs (the second waits, then finds the data ready). The archive is fetched to
+a temporary file of its own and renamed only once its md5 matches, then extracted into a fresh
+temporary folder with tarfile's ``data`` filter (no member can land outside the data root:
+``..`` and links out are refused) and moved into place. A corrupt download
 therefore never touches data that was already extracted.
 """
 
 from __future__ import annotations
 
+import base64
+import email.utils
+import fcntl
+import glob
+import http.client
+import logging
 import os
 import pickle
 import shutil
+import ssl
 import tarfile
 import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import calculate_md5, download_url
+from torchvision.datasets.utils import calculate_md5
+
+log = logging.getLogger(__name__)
 
 MARKER = ".verified-md5"
+LOCK_FILE = ".cifar_lit-download.lock"  # in the data root; left in place (an empty file)
+DEFAULT_TIMEOUT = 30.0  # seconds without a byte (or to connect) before a mirror counts as stalled
+TIMEOUT_ENV = "CIFAR_LIT_DOWNLOAD_TIMEOUT"
+RETRY_AFTER_MAX = 60.0  # longest wait a Retry-After gets us to do inside one attempt
+RETRY_AFTER_WAITS = 3  # Retry-After waits per attempt; then the error goes to the caller (the task)
+USER_AGENT = "cifar-lit"
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -54,17 +86,75 @@ def _source(cls: type[CIFAR10]) -> CifarSource:
 SOURCES: dict[str, CifarSource] = {"cifar10": _source(CIFAR10), "cifar100": _source(CIFAR100)}
 
 
+class DownloadError(RuntimeError):
+    """The archive could not be fetched or used. The message is one line: what failed, the URL
+    without credentials, and what to do. ``transient``: the same request may succeed later, so
+    the download task retries it."""
+
+    transient = False
+
+
+class TransientDownloadError(DownloadError):
+    """A stalled mirror, a dropped or refused connection, a body cut short: worth a retry."""
+
+    transient = True
+
+
+class ChecksumError(DownloadError):
+    """The downloaded archive is not the one expected; nothing was extracted."""
+
+
+class HTTPDownloadError(urllib.error.HTTPError):
+    """An HTTP error status, with a one-line message and the URL without credentials. Still an
+    ``HTTPError`` (with its ``code``) for callers and retry rules that look at the status, but
+    picklable, as Prefect persists a failed task's exception."""
+
+    def __init__(self, url: str, code: int, msg: str):
+        super().__init__(url, code, msg, None, None)
+
+    def __reduce__(self):
+        return type(self), (self.url, self.code, self.msg)
+
+
+def public_url(url: str) -> str:
+    """``url`` without ``user:password@``, query string or fragment: safe to print or store
+    (signed mirror URLs carry their token in the query)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def download_timeout() -> float:
+    """Seconds to wait for a connection or for the next byte: ``CIFAR_LIT_DOWNLOAD_TIMEOUT``, else 30."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds greater than 0")
+    return value
+
+
 def is_ready(folder: Path, md5: str) -> bool:
     """True when ``folder`` was extracted from the archive with this md5."""
     marker = folder / MARKER
     return marker.is_file() and marker.read_text().strip() == md5
 
 
-def download_cifar(dataset: str, root: Path, url: str | None = None, md5: str | None = None) -> Path:
+def download_cifar(
+    dataset: str, root: Path, url: str | None = None, md5: str | None = None, timeout: float | None = None
+) -> Path:
     """Fetch, verify and extract ``dataset`` under ``root``; return the extracted folder.
 
     Does nothing when the folder is already there and was extracted from an archive with the
-    expected checksum, so a second call makes no network request.
+    expected checksum, so a second call makes no network request. An archive already in
+    ``root`` with the expected md5 is used instead of downloading. ``timeout``: seconds without
+    progress before giving up (default: ``download_timeout()``).
     """
     src = SOURCES[dataset]
     url, md5 = url or src.url, (md5 or src.md5).lower()
@@ -73,30 +163,175 @@ def download_cifar(dataset: str, root: Path, url: str | None = None, md5: str | 
     if is_ready(folder, md5):
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    archive = root / src.filename
-    if not (archive.is_file() and calculate_md5(archive) == md5):
-        _fetch(url, root, src.filename, md5)
-    _extract(archive, root, src.base_folder, md5)
+    with _locked(root):
+        if is_ready(folder, md5):  # another process made it ready while this one waited
+            return folder
+        _clear_leftovers(root, src.filename)
+        archive = root / src.filename
+        if not (archive.is_file() and calculate_md5(archive) == md5):
+            _fetch(url, root, src.filename, md5, download_timeout() if timeout is None else timeout)
+        _extract(archive, root, src.base_folder, md5)
     return folder
 
 
-def _fetch(url: str, root: Path, filename: str, md5: str) -> None:
-    part = root / f"{filename}.part"
-    part.unlink(missing_ok=True)
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root``'s lock file: two processes downloading into one data
+    root (two first runs, DDP ranks, parallel flows) take turns instead of writing over each
+    other's files. The kernel drops the lock when the process dies, so a crash never leaves it
+    held. (Local filesystems; on NFS, flock works where the client maps it to NFS locks.)"""
+    with open(root / LOCK_FILE, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: waiting for another download into this folder to finish", root)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def _clear_leftovers(root: Path, filename: str) -> None:
+    """Delete temporary files that a killed run left in ``root``. Only the holder of the lock
+    writes them, so while this process holds it, any that exist are stale."""
+    for stale in root.glob(f"{glob.escape(filename)}.*.part"):
+        stale.unlink(missing_ok=True)
+    for stale in root.glob(".extract-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _advice(filename: str, root: Path) -> str:
+    """What the user can do about a download that failed: every download error ends with it."""
+    return f"use --download-url with a mirror, or put {filename} in --data-dir {root}"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _scrub(text: object, url: str) -> str:
+    """``text`` (an error from urllib or the network) on one line, without ``url``'s password,
+    query string or fragment, which urllib messages can quote."""
+    text = _one_line(text)
     try:
-        download_url(url, str(root), filename=part.name, md5=None)
-    except Exception:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # cannot tell its secrets apart: say nothing that may quote it
+        return "not a valid URL"
+    for secret in (parts.password, parts.query, parts.fragment):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _fetch(url: str, root: Path, filename: str, md5: str, timeout: float) -> None:
+    """Download to a temporary file of this call's own, rename it to ``root/filename`` once its
+    md5 matches. The name is unique, so nothing else (another process, a crashed earlier run)
+    can write into it or delete it."""
+    where, advice = public_url(url), _advice(filename, root)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f"{filename}.", suffix=".part")
+    part = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _get(url, out, timeout, advice)
+        got = calculate_md5(part)
+        if got != md5:
+            raise ChecksumError(
+                f"{filename}: checksum mismatch (expected md5 {md5}, got {got}) downloading {where}; "
+                f"if that archive is right, pass its md5 as --download-md5, else {advice}"
+            )
+        os.replace(part, root / filename)
+    finally:
         part.unlink(missing_ok=True)
+
+
+def _get(url: str, out: BinaryIO, timeout: float, advice: str) -> None:
+    """GET ``url`` into ``out``, waiting out up to ``RETRY_AFTER_WAITS`` 503/429 answers that say
+    how long to wait (``Retry-After``).
+
+    Those waits happen here, not in the Prefect task: task retries wait a fixed schedule chosen
+    in advance (2, 4, 8 s), but the server just told us when to come back. Every other transient
+    error (a 503 without Retry-After, a timeout, a dropped connection) goes to the caller, whose
+    retries (the task's) handle it.
+    """
+    where = public_url(url)
+    for waits in range(RETRY_AFTER_WAITS + 1):
+        try:
+            return _stream(url, out, timeout, advice)
+        except urllib.error.HTTPError as e:
+            delay = _retry_after(e)
+            if delay is None or waits == RETRY_AFTER_WAITS:
+                raise HTTPDownloadError(where, e.code, f"{_scrub(e.reason, url)} for {where}; {advice}") from None
+            log.warning("%s answered %s; retrying in %.0f s as its Retry-After asks", where, e.code, delay)
+            time.sleep(delay)
+            out.seek(0)
+            out.truncate()
+
+
+def _retry_after(err: urllib.error.HTTPError) -> float | None:
+    """Seconds a 503 or 429 asks us to wait (``Retry-After``: seconds or an HTTP date), capped at
+    ``RETRY_AFTER_MAX``; None when it does not say."""
+    value = err.headers.get("Retry-After") if err.code in (429, 503) and err.headers else None
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+def _request(url: str) -> urllib.request.Request:
+    """A request for ``url``; ``user:password@`` in it becomes Basic authentication (urllib would
+    otherwise take it for part of the host name)."""
+    parts = urllib.parse.urlsplit(url)
+    req = urllib.request.Request(
+        urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), headers={"User-Agent": USER_AGENT}
+    )
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        secret = base64.b64encode(f"{user}:{urllib.parse.unquote(parts.password or '')}".encode()).decode()
+        # Unredirected: a redirect to another host must not carry the credentials along.
+        req.add_unredirected_header("Authorization", f"Basic {secret}")
+    return req
+
+
+def _stream(url: str, out: BinaryIO, timeout: float, advice: str) -> None:
+    """One GET of ``url`` into ``out``. ``timeout`` bounds connecting and every single read, so a
+    mirror that accepts the connection and then goes silent fails after ``timeout`` seconds
+    instead of hanging forever. HTTP error statuses propagate as ``HTTPError``."""
+    where = public_url(url)
+    try:
+        with urllib.request.urlopen(_request(url), timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            expected = int(length) if length and length.isdigit() else None
+            got = 0
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                got += len(chunk)
+    except urllib.error.HTTPError:
         raise
-    got = calculate_md5(part)
-    if got != md5:
-        part.unlink(missing_ok=True)
-        raise ChecksumError(f"{filename}: checksum mismatch (expected md5 {md5}, got {got}) downloading {url}")
-    os.replace(part, root / filename)
-
-
-class ChecksumError(RuntimeError):
-    """The downloaded archive is not the one expected; nothing was extracted."""
+    except TimeoutError:  # socket.timeout: a read (or the status line) took longer than timeout
+        raise TransientDownloadError(f"{where} stalled: no data for {timeout:g} s; {advice}") from None
+    except urllib.error.URLError as e:  # could not connect (refused, unknown host, connect timeout)
+        if isinstance(e.reason, TimeoutError):
+            raise TransientDownloadError(f"{where} did not answer within {timeout:g} s; {advice}") from None
+        # A network error may clear up; a bad URL (a string reason) or certificate will not.
+        retry = isinstance(e.reason, OSError) and not isinstance(e.reason, ssl.SSLCertVerificationError)
+        error = TransientDownloadError if retry else DownloadError
+        raise error(f"cannot download {where}: {_scrub(e.reason, url)}; {advice}") from None
+    except (http.client.HTTPException, ConnectionError) as e:  # the connection broke mid-answer
+        raise TransientDownloadError(f"connection to {where} lost ({type(e).__name__}: {_scrub(e, url)}); {advice}") from None
+    except ValueError as e:  # not a URL urllib can fetch
+        raise DownloadError(f"cannot download {where}: {_scrub(e, url)}; {advice}") from None
+    # http.client does not complain when the server closes before Content-Length: that is a
+    # dropped connection (retry), not a wrong archive (a checksum mismatch, no retry).
+    if expected is not None and got < expected:
+        raise TransientDownloadError(f"download from {where} ended early: {got} of {expected} bytes; {advice}")
 
 
 def _extract(archive: Path, root: Path, base_folder: str, md5: str) -> None:
