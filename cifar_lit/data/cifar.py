@@ -8,10 +8,12 @@ a connection that closed early (retried) from a wrong archive (not retried), wai
 
 One download at a time per data root: an ``fcntl.flock`` on a lock file there serialises
 concurrent first runs (the second waits, then finds the data ready). The archive is fetched to
-a temporary file of its own and renamed only once its md5 matches, then extracted into a fresh
-temporary folder with tarfile's ``data`` filter (no member can land outside the data root:
-``..`` and links out are refused) and moved into place. A corrupt download
-therefore never touches data that was already extracted.
+a temporary file of its own and renamed only once its md5 matches. Every member is checked
+before anything is extracted: only regular files and folders with relative paths inside the
+archive (no absolute paths, no ``..``, no links of any kind, no devices or fifos); then it is
+extracted with tarfile's ``data`` filter into a fresh temporary folder and moved into place. A
+bad archive therefore never touches data that was already extracted, and an archive that fails
+to extract is deleted, so the next run fetches it again instead of failing on it forever.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import base64
 import email.utils
 import fcntl
 import glob
+import gzip
 import http.client
 import logging
+import lzma
 import os
 import pickle
 import shutil
@@ -32,11 +36,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import numpy as np
@@ -102,6 +107,11 @@ class TransientDownloadError(DownloadError):
 
 class ChecksumError(DownloadError):
     """The downloaded archive is not the one expected; nothing was extracted."""
+
+
+class ArchiveError(DownloadError, tarfile.TarError):
+    """The archive matched its md5 but cannot be used (unreadable, or a member refused); it was
+    deleted and nothing was extracted. A ``tarfile.TarError`` too, for callers that catch those."""
 
 
 class HTTPDownloadError(urllib.error.HTTPError):
@@ -334,18 +344,69 @@ def _stream(url: str, out: BinaryIO, timeout: float, advice: str) -> None:
         raise TransientDownloadError(f"download from {where} ended early: {got} of {expected} bytes; {advice}")
 
 
+# What a corrupt archive raises while being read; anything else (a full disk) is not the
+# archive's fault, so the archive is kept.
+_BAD_ARCHIVE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+
+
 def _extract(archive: Path, root: Path, base_folder: str, md5: str) -> None:
-    with tempfile.TemporaryDirectory(dir=root, prefix=".extract-") as tmp:
+    """Extract ``base_folder`` from ``archive`` into ``root``, replacing it whole, or not at all.
+    A refused or unreadable archive is deleted (it matched the md5 the user gave, so every later
+    run would reuse it and fail the same way)."""
+    try:
+        with tempfile.TemporaryDirectory(dir=root, prefix=".extract-") as tmp:
+            new = _unpack(archive, Path(tmp), base_folder)
+            (new / MARKER).write_text(md5 + "\n")
+            dest = root / base_folder
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(new, dest)
+    except ArchiveError:
+        archive.unlink(missing_ok=True)
+        raise
+
+
+def _unpack(archive: Path, dest: Path, base_folder: str) -> Path:
+    gone = "nothing was extracted; deleted it, so the next run downloads it again"
+    try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(tmp, filter="data")
-        new = Path(tmp) / base_folder
-        if not new.is_dir():
-            raise ChecksumError(f"{archive.name}: archive holds no {base_folder}/ folder")
-        (new / MARKER).write_text(md5 + "\n")
-        dest = root / base_folder
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(new, dest)
+            members = tar.getmembers()
+            for member in members:  # all of them before extracting any
+                why = _refused(member)
+                if why:
+                    raise ArchiveError(f"{archive}: refused member {member.name!r}: {why}; {gone}")
+            # The data filter again, in case a member gets past the check above.
+            tar.extractall(dest, members=members, filter="data")
+    except ArchiveError:
+        raise
+    except _BAD_ARCHIVE as e:
+        detail = _one_line(e)[:120]  # tarfile's own message can list every compression it tried
+        raise ArchiveError(f"{archive}: not a readable archive ({type(e).__name__}: {detail}); {gone}") from e
+    new = dest / base_folder
+    if not new.is_dir():
+        raise ArchiveError(f"{archive}: archive holds no {base_folder}/ folder; {gone}")
+    return new
+
+
+def _refused(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` may not be extracted, or None. The data filter alone would allow links
+    that stay inside the destination; a CIFAR archive has no business holding any link, device
+    or fifo, so every one of them is refused."""
+    if member.issym():
+        return "a symbolic link"
+    if member.islnk():
+        return "a hard link"
+    if member.ischr() or member.isblk():
+        return "a device file"
+    if member.isfifo():
+        return "a fifo"
+    if not (member.isfile() or member.isdir()):
+        return f"an unsupported member type {member.type!r}"
+    if member.name.startswith("/"):
+        return "an absolute path"
+    if ".." in PurePosixPath(member.name).parts:
+        return "a path with '..'"
+    return None
 
 
 def _unpickle(path: Path) -> dict:
