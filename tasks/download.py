@@ -10,6 +10,8 @@ from pathlib import Path
 from prefect import task
 from prefect.tasks import exponential_backoff
 
+from cifar_lit import provenance
+from cifar_lit.data import cifar, imagefolder, prepare
 from cifar_lit.data.cifar import SOURCES, DownloadError, is_ready
 from cifar_lit.data.imagefolder import stat_signature
 from cifar_lit.data.prepare import DataRef, prepare_data
@@ -28,16 +30,24 @@ def data_state(dataset: str, data_dir: Path, download_md5: str | None) -> str | 
     return stat_signature(root)
 
 
+def stage_code() -> str:
+    """A hash of the code that implements this stage (the CIFAR download and extraction, the
+    image-folder scan, ``prepare_data`` and the task itself). It is part of the cache key, so a
+    change to that code runs the stage again instead of serving a result the old code made."""
+    return provenance.source_hash(cifar, imagefolder, prepare, download_data.fn)
+
+
 def _cache_key(context, parameters) -> str:
-    """(dataset, data root, expected checksum). The flow refreshes this cache when
-    ``data_state`` says the data is gone, so a deleted folder is fetched again."""
+    """(dataset, data root, expected checksum, bad_images, the stage's code). The flow refreshes
+    this cache when ``data_state`` says the data is gone, so a deleted folder is fetched again."""
     p = parameters
     root = Path(p["data_dir"]).resolve()
     if p["dataset"] in SOURCES:
         expected = (p["download_md5"] or SOURCES[p["dataset"]].md5).lower()
     else:
         expected = stat_signature(root)
-    return "download-" + hashlib.sha256(f"{p['dataset']}|{root}|{expected}|{p['bad_images']}".encode()).hexdigest()
+    key = f"{p['dataset']}|{root}|{expected}|{p['bad_images']}|{stage_code()}"
+    return "download-" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def is_transient(exc: BaseException) -> bool:
