@@ -52,7 +52,7 @@ GPU_DEPLOYMENTS = ("cifar10-nightly-k8s", "cifar10-nightly-docker")
 TRAIN_DEPLOYMENTS = (*GPU_DEPLOYMENTS, "cifar10-local")
 STORAGE = "/mnt/cifar-lit"  # where both GPU templates mount the shared volume
 POOLS = {"gpu-kubernetes": "kubernetes", "gpu-docker": "docker", "local-process": "process"}
-TASKS = {"download", "split", "fit", "test", "export"}
+TASKS = {"download", "split", "fit", "test", "export", "promote"}
 RUN_TIMEOUT = 600  # seconds for one tiny flow run: generous, the machine may be busy
 
 
@@ -245,6 +245,16 @@ def test_batch_predict_deployment_reads_and_writes_the_shared_storage():
     # The registry it reads is the one the nightly runs write.
     for name in GPU_DEPLOYMENTS:
         assert _deployment(name)["parameters"]["config"]["registry_dir"] == predict["parameters"]["config"]["registry_dir"]
+
+
+@pytest.mark.skipif(not (REPO / "flows" / "predict_flow.py").is_file(), reason="flows/predict_flow.py is not written yet")
+def test_batch_predict_parameters_validate_against_the_flow(monkeypatch):
+    monkeypatch.chdir(REPO)
+    predict = _deployment("batch-predict")
+    flow = load_flow_from_entrypoint(predict["entrypoint"])
+    config = flow.validate_parameters(predict["parameters"])["config"]
+    assert (config.alias, config.registry_dir) == ("production", Path(STORAGE, "registry"))
+    assert config.input == [Path(STORAGE, "incoming")] and config.output == Path(STORAGE, "predictions", "predictions.csv")
 
 
 # ---- on a real server ----------------------------------------------------------------------
@@ -481,12 +491,11 @@ def test_local_deployment_runs_end_to_end_on_a_worker(local_run):
     assert {name: task.state.name for name, task in tasks.items()} == dict.fromkeys(TASKS, "Completed")
     summary = json.loads((config.out / "summary.json").read_text())
     assert summary["config"]["max_epochs"] == 1 and summary["wandb"]["mode"] == "offline"
-    artifacts = {a.type: a for a in _artifacts(run.id)}
     prefix = f"cifar10-{summary['config']['model']}".replace("_", "-")
-    keys = {a.key for a in artifacts.values()}
-    assert keys == {f"{prefix}-summary", f"{prefix}-per-class", f"{prefix}-progress"}
-    assert f"{summary['test_acc']:.4f}" in artifacts["markdown"].data
-    rows = artifacts["table"].data
+    artifacts = {a.key.removeprefix(f"{prefix}-"): a for a in _artifacts(run.id)}
+    assert artifacts.keys() == {"summary", "per-class", "progress", "promotion"}
+    assert artifacts["summary"].type == "markdown" and f"{summary['test_acc']:.4f}" in artifacts["summary"].data
+    rows = artifacts["per-class"].data
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert [r["class"] for r in rows] == fakes.CIFAR10_CLASSES
 
@@ -544,7 +553,7 @@ def test_flow_run_page_shows_tasks_and_artifacts_in_chromium(api, local_run, tmp
     finally:
         browser.quit()
     assert shown["task-runs"].count("Completed") >= len(TASKS)
-    assert all(key in shown["artifacts"] for key in artifact_keys) and len(artifact_keys) == 3
+    assert all(key in shown["artifacts"] for key in artifact_keys) and len(artifact_keys) == 4
     for tab in shown:
         assert (tmp_path / f"flow-run-{tab}.png").stat().st_size > 10_000  # a rendered page, not a blank
         if docs := os.environ.get("CIFAR_LIT_SCREENSHOT_DIR"):  # how docs/ got its screenshots
@@ -555,7 +564,12 @@ def test_flow_run_page_shows_tasks_and_artifacts_in_chromium(api, local_run, tmp
 def test_pool_concurrency_limit_runs_one_training_at_a_time(deployed, env, make_config, tmp_path):
     # local-process has a pool limit of 1 (see above): two runs created together must not
     # overlap, whichever the worker picks first, and both run (queued, not cancelled).
-    configs = [make_config(max_epochs=1, wandb_mode="disabled", output_dir=tmp_path / f"run{i}") for i in (1, 2)]
+    # A registry each: with a shared one, the second run finds its config already in production
+    # and skips training (the flow's skip-if-unchanged), and there would be no overlap to check.
+    configs = [
+        make_config(max_epochs=1, wandb_mode="disabled", output_dir=tmp_path / f"run{i}", registry_dir=tmp_path / f"registry{i}")
+        for i in (1, 2)
+    ]
     runs = [_create_run(deployed["cifar10-local"], config) for config in configs]
     log = tmp_path / "worker.log"
     with background(worker_args("local-process"), log, env=env, cwd=tmp_path) as worker:
