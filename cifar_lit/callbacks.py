@@ -96,16 +96,15 @@ def build_callbacks(
     callbacks: list[Callback] = []
     if config.patience:  # 0: the recipe's schedule decides the length, not EarlyStopping
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.patience))
-    if validate:
-        ckpt = {"filename": "best-epoch{epoch:02d}-val_acc{val_acc:.4f}", "monitor": "val_acc", "mode": "max",
-                "save_last": True}
-    else:
-        # Nothing to rank by: one checkpoint, the latest epoch's, under last.ckpt (where a retried
-        # fit resumes). save_last alone would not do: Lightning writes "last" only in an epoch
-        # that also saved a top-k checkpoint.
-        ckpt = {"filename": "last", "monitor": None, "save_last": False}
+    if validate:  # first, so it is trainer.checkpoint_callback: the best model is the one tested
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="best-epoch{epoch:02d}-val_acc{val_acc:.4f}",
+                                         monitor="val_acc", mode="max", save_top_k=1, auto_insert_metric_name=False))
+    # last.ckpt after every epoch, whether val_acc improved or not: where a crashed, killed or
+    # retried fit resumes, so a crash costs at most the epoch it happened in. (save_last=True on
+    # the best checkpoint would not do: Lightning writes "last" only in epochs that save a best.)
     callbacks += [
-        ModelCheckpoint(dirpath=checkpoint_dir, auto_insert_metric_name=False, save_top_k=1, **ckpt),
+        ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
         TQDMProgressBar(refresh_rate=20),
     ]

@@ -157,7 +157,7 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 # through its fingerprint, not its path or mirror URL.
 NOT_EFFECTIVE = frozenset({
     "output_dir", "runs_dir", "registry_dir", "data_dir", "download_url", "num_workers", "prediction_samples",
-    "wandb_mode", "wandb_project", "wandb_entity", "promote_margin", "force_promote", "force",
+    "wandb_mode", "wandb_project", "wandb_entity", "promote_margin", "force_promote", "force", "resume",
 })
 
 Precision = Literal["32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true"]
@@ -238,6 +238,7 @@ class TrainConfig(BaseModel):
     )
     force_promote: bool = Field(False, description="promote even when the class lists differ from the champion's")
     force: bool = Field(False, description="train even when production was made from the same data, code and config")
+    resume: bool = Field(False, description="continue the killed run in --output-dir from its last.ckpt")
 
     @field_validator("val_size", "test_size")
     @classmethod
@@ -309,6 +310,8 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"data_dir: {self.data_dir} has no train/ folder (expected DIR/train/<class>/*)")
         elif isinstance(self.val_size, int) and self.val_size >= CIFAR_TRAIN_SIZE:
             raise ValueError(f"val_size: {self.val_size} must be smaller than the {CIFAR_TRAIN_SIZE} training images")
+        if self.resume and self.output_dir is None:
+            raise ValueError("resume: name the run to continue with --output-dir")
         if (self.download_url is None) != (self.download_md5 is None) and self.dataset != "imagefolder":
             raise ValueError("download_md5: a mirror needs both --download-url and --download-md5")
         return self

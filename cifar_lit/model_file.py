@@ -90,8 +90,10 @@ def safe_load(path: Path, what: str = "model file") -> dict:
         raise ModelFileError(f"{path}: no such {what}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # what weights_only refuses: pickled code or classes
-        raise ModelFileError(f"{path}: refused to load ({_first_line(e)})") from None
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e) or "global" in str(e):  # weights_only refused pickled code or classes
+            raise ModelFileError(f"{path}: refused to load: it holds pickled code or classes, not only weights") from None
+        raise ModelFileError(f"{path}: not a readable {what} (truncated or corrupt)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as e:
         raise ModelFileError(f"{path}: not a readable {what} ({type(e).__name__}: {_first_line(e)})") from None
     if not isinstance(obj, dict):

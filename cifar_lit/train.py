@@ -2,7 +2,8 @@
 
 Prefect tasks wrap them one to one; they also run on their own (no Prefect, W&B optional):
 
-    from cifar_lit.config import TrainConfig
+    from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
+from cifar_lit.config import NOT_EFFECTIVE, TrainConfig
     from cifar_lit.train import evaluate, fit
     cfg = TrainConfig(output_dir="runs/try").with_output_dir()
     result = fit(cfg, split_file)   # split_file from cifar_lit.data.split.make_split
@@ -10,6 +11,7 @@ Prefect tasks wrap them one to one; they also run on their own (no Prefect, W&B 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,16 +21,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from cifar_lit.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
-from cifar_lit.config import TrainConfig
+from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
+from cifar_lit.config import NOT_EFFECTIVE, TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.model_file import from_checkpoint, safe_load
 from cifar_lit.models import build_model
 from cifar_lit.module import LitClassifier
+from cifar_lit.rundir import OutputDirError
 from cifar_lit.tracking import log_test_results, make_loggers, per_class_table
 
-
-class OutputDirError(ValueError):
-    """The output dir holds another run's checkpoints, which a fresh fit would overwrite."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +74,7 @@ def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, *
         callbacks=callbacks,
         logger=make_loggers(config, stage),
         default_root_dir=config.out,
+        plugins=[AtomicCheckpointIO()],
         # Log at least once per epoch even on tiny datasets.
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
     )
@@ -94,11 +97,9 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
 
     ckpt_dir = checkpoint_dir(config)
     last = ckpt_dir / "last.ckpt"
-    ckpt_path = None
-    if resume and last.is_file():
-        ckpt_path = str(last)
-    elif ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
-        raise OutputDirError(f"output_dir: {config.out} already holds checkpoints; use a new --output-dir")
+    ckpt_path = resume_point(config, last) if resume else None
+    if ckpt_path is None and ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+        raise OutputDirError(f"output_dir: {config.out} already holds checkpoints; use a new --output-dir or --resume")
 
     validate = dm.has_val
     samples = dm.samples("val", config.prediction_samples) if config.prediction_samples and validate else None
@@ -128,6 +129,26 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
         fit_seconds=round(fit_seconds, 3),
         resumed_from=ckpt_path,
     )
+
+
+def resume_point(config: TrainConfig, last: Path) -> str | None:
+    """The checkpoint to resume from: ``last.ckpt``, or its last-good copy when a crash left it
+    unreadable; None when there is none. A checkpoint of another run or config (another
+    output dir, other hyperparameters) is refused, never resumed."""
+    found = readable_checkpoint(last)
+    if found is None:
+        return None
+    path, ckpt = found
+    saved = (ckpt.get("hyper_parameters") or {}).get("config") or {}
+    # How long to train may change on resume (continue a run for more epochs); nothing else.
+    length = {"max_epochs", "max_time", "patience"}
+    now = {k: v for k, v in config.effective().items() if k not in length}
+    same = {k: v for k, v in saved.items() if k not in NOT_EFFECTIVE | length} == now
+    if saved.get("output_dir") != config.as_dict()["output_dir"] or not same:
+        raise OutputDirError(f"{path}: was written by a run with another config; use a new --output-dir")
+    if path != last:
+        log.warning("%s is unreadable; resuming from its last-good copy %s", last, path)
+    return str(path)
 
 
 def build_classifier(config: TrainConfig, dm: ImageDataModule) -> LitClassifier:

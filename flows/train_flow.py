@@ -30,6 +30,7 @@ from cifar_lit import tracking
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.split import split_file_path, stage_split
 from cifar_lit.promote import card, unchanged
+from cifar_lit.rundir import own_output_dir
 from cifar_lit.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
 from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
 from tasks.download import data_state
@@ -54,10 +55,14 @@ DEFAULT_CONFIG = TrainConfig()
 @flow(name="train", flow_run_name=_run_name, log_prints=True)
 def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> dict:
     """Train, test, export and promote an image classifier; returns the run summary."""
-    logger = get_run_logger()
     config = config.with_output_dir(flow_run.get_name())
+    with own_output_dir(config.out, resume=config.resume):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> dict:
+    logger = get_run_logger()
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
     logger.info("output dir: %s", out.resolve())
     # Cached stages re-run on their own when their output is gone from disk.
     fresh_data = data_state(config.dataset, config.data_dir, config.download_md5) is None

@@ -33,10 +33,28 @@ def _progress_hook(artifact_id: UUID | None):
     return hook
 
 
-@task(name="fit", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def is_transient(exc: BaseException) -> bool:
+    """Worth one retry that resumes from last.ckpt: a crash of the process's environment (out of
+    memory, a lost device or peer, a full disk). Not bad input or a bug, which would only fail
+    again: a wrong value, a foreign checkpoint, a missing file."""
+    deterministic = (ValueError, TypeError, KeyError, AttributeError, NotImplementedError, FileNotFoundError,
+                     PermissionError)
+    return not isinstance(exc, deterministic)
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as e:  # noqa: BLE001 - the failure being judged
+        return is_transient(e)
+    return False
+
+
+@task(name="fit", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
 def fit_model(config: TrainConfig, split_file: Path, progress_artifact: UUID | None = None) -> dict:
     """Fit the model; returns checkpoint paths and validation metrics."""
-    resume = task_run.get_run_count() > 1
+    # A retry continues this run's own last.ckpt (checked by cifar_lit.train.resume_point).
+    resume = config.resume or task_run.get_run_count() > 1
     if is_distributed(config):  # DDP: one process per device, started by Lightning (see cifar_lit.distributed)
         result = fit_in_subprocess(config, split_file, resume=resume)
         _progress_hook(progress_artifact)(result.epochs_completed, config.max_epochs, result.metrics)
