@@ -70,6 +70,24 @@ class ImagePredictionLogger(Callback):
             lg.log_table(key=f"{prefix}predictions", columns=["image", "label", "prediction", "confidence"], data=rows)
 
 
+class NonFiniteLossError(ValueError):
+    """Training diverged: the loss is inf or NaN. Not retried, never exported."""
+
+
+class FiniteLossCheck(Callback):
+    """Stops the fit with one line as soon as an epoch's mean training loss is inf or NaN (a
+    diverged model would otherwise be tested, exported and perhaps promoted). Once per epoch:
+    a check per step would add a device sync to every step on a GPU."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train_loss_epoch")
+        if loss is not None and not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"train_loss: {float(loss)} in epoch {trainer.current_epoch + 1}; training diverged "
+                "(lower --lr, --muon-lr or --weight-decay)"
+            )
+
+
 class EpochHookCallback(Callback):
     """Calls ``hook(epochs_done, max_epochs, metrics)`` after every training epoch (validation
     included), on rank 0. The Prefect fit task uses it to update a progress artifact."""
@@ -93,7 +111,7 @@ def build_callbacks(
     on_epoch: EpochHook | None = None,
     validate: bool = True,
 ) -> list[Callback]:
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [FiniteLossCheck()]  # first: before any checkpoint of the epoch is written
     if config.patience:  # 0: the recipe's schedule decides the length, not EarlyStopping
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.patience))
     if validate:  # first, so it is trainer.checkpoint_callback: the best model is the one tested

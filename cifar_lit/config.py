@@ -278,6 +278,15 @@ class TrainConfig(BaseModel):
     def _max_time(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"\d{2}:\d{2}:\d{2}:\d{2}", v):
             raise ValueError(f"must look like DD:HH:MM:SS, got {v!r}")
+        if v is not None and not any(int(part) for part in v.split(":")):
+            raise ValueError("must be longer than 00:00:00:00")
+        return v
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_cwd(cls, v: Path | None) -> Path | None:
+        if v is not None and str(v).strip() in ("", "."):
+            raise ValueError("must name a folder for this run, not the current directory")
         return v
 
     @field_validator("model")

@@ -29,6 +29,7 @@ from prefect.runtime import flow_run
 from cifar_lit import tracking
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.split import split_file_path, stage_split
+from cifar_lit.machine import MachineError, check_machine
 from cifar_lit.promote import card, unchanged
 from cifar_lit.rundir import own_output_dir
 from cifar_lit.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
@@ -62,6 +63,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> dict:
 
 def _train(config: TrainConfig) -> dict:
     logger = get_run_logger()
+    check_machine(config)  # before any data work
     out = config.out
     logger.info("output dir: %s", out.resolve())
     # Cached stages re-run on their own when their output is gone from disk.
@@ -112,9 +114,15 @@ def _train(config: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from cifar_lit.cli import parse_config
+    from cifar_lit.cli import flag, parse_config
 
     config = parse_config(argv, prog="train_flow.py")
+    try:  # the user's one-line error, before any flow run exists (the flow checks again)
+        check_machine(config)
+    except MachineError as e:
+        field, _, message = str(e).partition(": ")
+        print(f"train_flow.py: error: {flag(field)}: {message}", file=sys.stderr)
+        sys.exit(2)
     return train_flow(config)
 
 
