@@ -18,7 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator, model_validator
+
+from cifar_lit.redact import public_url
 
 CIFAR_TRAIN_SIZE = 50_000
 
@@ -281,6 +283,13 @@ class TrainConfig(BaseModel):
         if v is not None and not any(int(part) for part in v.split(":")):
             raise ValueError("must be longer than 00:00:00:00")
         return v
+
+    @field_serializer("download_url")
+    def _without_credentials(self, v: str | None) -> str | None:
+        # Every record of the config (summary.json, checkpoint hyperparameters, hparams.yaml, the
+        # W&B config, the Prefect flow-run parameters) goes through this: a token in the mirror
+        # URL stays in memory, where the download uses it, and is never written anywhere.
+        return public_url(v) if v else v
 
     @field_validator("output_dir")
     @classmethod

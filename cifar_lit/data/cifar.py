@@ -48,6 +48,8 @@ import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import calculate_md5
 
+from cifar_lit.redact import public_url  # noqa: F401 - part of this module's interface
+
 log = logging.getLogger(__name__)
 
 MARKER = ".verified-md5"
@@ -124,16 +126,6 @@ class HTTPDownloadError(urllib.error.HTTPError):
 
     def __reduce__(self):
         return type(self), (self.url, self.code, self.msg)
-
-
-def public_url(url: str) -> str:
-    """``url`` without ``user:password@``, query string or fragment: safe to print or store
-    (signed mirror URLs carry their token in the query)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def download_timeout() -> float:
