@@ -25,14 +25,30 @@ log = logging.getLogger(__name__)
 
 
 def api_key_available() -> bool:
-    """True when ``WANDB_API_KEY`` is set or ``wandb login`` stored a key in ~/.netrc."""
-    if os.environ.get("WANDB_API_KEY"):
+    """True when W&B would find credentials for its server: ``WANDB_API_KEY``, an identity
+    token file, or a key that ``wandb login`` stored in the netrc file, looked up the way wandb
+    itself does (for its configured base URL, which is not api.wandb.ai in wandb >= 0.31)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    import wandb
+
+    host = wandb.Settings().base_url
     try:
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
+        from wandb.sdk.lib.wbauth import read_netrc_auth  # wandb >= 0.31
+    except ImportError:  # older wandb: its netrc entry is keyed by the base URL's host name
+        try:
+            return netrc.netrc().authenticators(urlparse(host).hostname) is not None
+        except (OSError, netrc.NetrcParseError):
+            return False
+    try:
+        return read_netrc_auth(host=host) is not None
+    except Exception:  # noqa: BLE001 - a malformed entry: W&B could not log in either
         return False
+
+
+# An online start that cannot reach the server falls back to offline after this many seconds
+# (wandb's own default is 90); WANDB_INIT_TIMEOUT overrides it.
+INIT_TIMEOUT = 15.0
 
 
 def resolve_mode(requested: str) -> str:
@@ -61,10 +77,9 @@ def start_run(config: TrainConfig, name: str | None = None, job_type: str = "pip
         return wandb.run
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    settings: dict[str, Any] = {"console": "off", "quiet": True}
     # W&B reads its environment once per process; read the timeout per run so it always applies.
-    if os.environ.get("WANDB_INIT_TIMEOUT"):
-        settings["init_timeout"] = float(os.environ["WANDB_INIT_TIMEOUT"])
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT)
+    settings: dict[str, Any] = {"console": "off", "quiet": True, "init_timeout": timeout}
     for attempt in [mode] + (["offline"] if mode == "online" else []):
         try:
             run = wandb.init(
@@ -99,8 +114,9 @@ def run_info() -> dict[str, Any]:
     if run is None:
         return {"mode": "disabled", "path": None, "url": None}
     if run.settings.mode == "offline" or run.offline:
-        return {"mode": "offline", "path": str(offline_dir(run)), "url": None}
-    return {"mode": "online", "path": run.path, "url": run.url}
+        return {"mode": "offline", "path": str(offline_dir(run)), "url": None, "dir": str(offline_dir(run))}
+    # dir: the run's local files, which `wandb sync` uploads again if an upload failed.
+    return {"mode": "online", "path": run.path, "url": run.url, "dir": str(offline_dir(run))}
 
 
 def finish_run() -> None:

@@ -25,11 +25,14 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from cifar_lit import tracking
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.split import split_file_path, stage_split
+from cifar_lit.export import model_dir
 from cifar_lit.machine import MachineError, check_machine
+from cifar_lit.model_file import MODEL_FILE, TORCHSCRIPT_FILE
 from cifar_lit.promote import card, unchanged
 from cifar_lit.rundir import own_output_dir
 from cifar_lit.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
@@ -97,7 +100,10 @@ def _train(config: TrainConfig) -> dict:
         parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint, skipped=len(ref.skipped))
         # Written before anything talks to W&B or the registry: a later failure loses nothing.
         write_summary(out / "summary.json", build_summary(**parts, wandb=tracking.run_info()))
-        exported = export_checkpoint(config, Path(fitted["best_checkpoint"]), tested["metrics"], fingerprint, staged)
+        export_state = export_checkpoint(
+            config, Path(fitted["best_checkpoint"]), tested["metrics"], fingerprint, staged, return_state=True
+        )
+        exported, export_error = _exported(config, export_state)
         promotion = promote_model(
             config, exported["files"], staged, card(config, tested, fingerprint, out.name), _artifact_key(config, "promotion")
         )
@@ -110,7 +116,29 @@ def _train(config: TrainConfig) -> dict:
         json_safe(tested["per_class"]), key=_artifact_key(config, "per-class"), description="per-class test accuracy"
     )
     logger.info("test_acc %.4f; %s; summary: %s", summary["test_acc"], promotion["reason"], out / "summary.json")
+    if export_error:  # everything else is done and on disk; the run must still not look Completed
+        return Failed(message=export_error, data=summary)
     return summary
+
+
+def _exported(config: TrainConfig, state) -> tuple[dict, str | None]:
+    """The export result, or, when only the W&B upload failed (the model files were written
+    first), a local-only result and a one-line message with the command that uploads later."""
+    if not state.is_failed():
+        return state.result(), None
+    files = {"model": model_dir(config) / MODEL_FILE, "torchscript": model_dir(config) / TORCHSCRIPT_FILE}
+    error = state.message or "failed"
+    try:
+        state.result()
+    except Exception as e:  # noqa: BLE001 - the export task's own failure, reported below
+        error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    if not all(f.is_file() for f in files.values()):
+        raise RuntimeError(f"export: {error}")
+    sync = tracking.run_info().get("dir")
+    message = f"export: W&B upload failed ({error}); the model and results are in {config.out}" + (
+        f"; upload later with: wandb sync {sync}" if sync else "")
+    local = {"logged": False, "error": message, "name": config.model_name(), "files": {k: str(v) for k, v in files.items()}}
+    return local, message
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -15,7 +15,7 @@ from cifar_lit.export import export_model
 @task(
     name="export",
     retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2, 4, 8 s
     retry_jitter_factor=0.5,
     cache_policy=NO_CACHE,
 )
