@@ -7,6 +7,7 @@ normalisation, one flip and one translate, each a handful of tensor ops.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -17,29 +18,77 @@ import torch
 import torch.nn.functional as F
 
 from cifar_lit.data.cifar import SOURCES, load_cifar
-from cifar_lit.data.imagefolder import load_rgb32
+from cifar_lit.data.imagefolder import SIZE, DataError, load_rgb32
 from cifar_lit.data.prepare import cache_dir
+
+log = logging.getLogger(__name__)
 
 
 def tensor_cache_path(data_dir: Path, content_fingerprint: str) -> Path:
     return cache_dir(data_dir) / f"tensors-{content_fingerprint[:16]}.pt"
 
 
+def _cached(path: Path, split: dict) -> dict[str, torch.Tensor] | None:
+    """The tensor cache at ``path`` if it is whole and holds this split's data, else None.
+
+    A cache is only derived data: a truncated or garbled file (a crash while another process
+    copied it, a full disk) or one that holds other images is rebuilt, never a failed run."""
+    try:
+        t = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, OSError...
+        log.warning("tensor cache %s is unreadable (%s): rebuilding it", path, " ".join(str(e).split())[:200])
+        return None
+    problem = _mismatch(t, split)
+    if problem:
+        log.warning("tensor cache %s %s: rebuilding it", path, problem)
+        return None
+    return t
+
+
+def _mismatch(t, split: dict) -> str | None:
+    keys = ("train", "train_labels", "test", "test_labels")
+    if not isinstance(t, dict) or set(t) != set(keys) or not all(isinstance(t[k], torch.Tensor) for k in keys):
+        return "is not a tensor cache"
+    for name in ("train", "test"):
+        images, labels = t[name], t[f"{name}_labels"]
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1:] != (3, SIZE, SIZE):
+            return f"holds {name} images of shape {tuple(images.shape)} ({images.dtype})"
+        if labels.dtype != torch.int64 or labels.shape != (len(images),):
+            return f"holds {len(labels)} {name} labels for {len(images)} images"
+    if split["samples"] is not None:  # image folders: exactly the split's samples, in order
+        expected = [label for _, label in split["samples"]]
+        if len(t["test"]) or t["train_labels"].tolist() != expected:
+            return "does not hold this split's images"
+    return None
+
+
+def _decode(root: Path, rel: str) -> np.ndarray:
+    try:
+        return np.asarray(load_rgb32(root / rel))
+    except Exception as e:  # noqa: BLE001 - any PIL or OS error: say which file, in one line
+        raise DataError(f"{root / rel}: was readable when the data was scanned, not now ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); run again to scan the changed data") from None
+
+
 def load_tensors(split: dict, data_dir: Path) -> dict[str, torch.Tensor]:
     """``{"train": uint8 N x 3 x 32 x 32, "train_labels", "test", "test_labels"}`` for the
     split's data. "train" holds every pool image (train and val indices point into it); for
     image folders "test" is empty and the split's test indices point into "train" as well.
-    Decoded once and cached beside the data, keyed by the data's content fingerprint."""
+    Decoded once and cached beside the data, keyed by the data's content fingerprint; a missing,
+    corrupt or mismatched cache file is rebuilt."""
     path = tensor_cache_path(data_dir, split["content_fingerprint"])
-    if path.is_file():
-        return torch.load(path, weights_only=True)
+    cached = _cached(path, split)
+    if cached is not None:
+        return cached
     root = Path(data_dir).resolve()
     if split["samples"] is None:  # CIFAR: the pickles are already arrays
         folder = root / SOURCES[split["dataset"]].base_folder
         parts = [load_cifar(folder, split["dataset"], train=t) for t in (True, False)]
     else:
         samples = split["samples"]
-        images = np.stack([np.asarray(load_rgb32(root / rel)) for rel, _ in samples])
+        images = np.stack([_decode(root, rel) for rel, _ in samples])
         labels = np.asarray([label for _, label in samples], dtype=np.int64)
         parts = [(images, labels), (images[:0], labels[:0])]
     tensors = {}
@@ -47,6 +96,8 @@ def load_tensors(split: dict, data_dir: Path) -> dict[str, torch.Tensor]:
         tensors[name] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         tensors[f"{name}_labels"] = torch.from_numpy(labels)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Through a temporary file and a rename: a crash mid-write never leaves half a cache under
+    # the real name (the rebuild above still covers caches damaged some other way).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(tensors, tmp)
     tmp.replace(path)
