@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifar_lit.data.cifar import SOURCES, cifar_classes, download_cifar
-from cifar_lit.data.imagefolder import scan_imagefolder
+from cifar_lit.data.imagefolder import CACHE_DIR, scan_imagefolder
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,11 @@ class DataRef:
     folder: Path  # the extracted CIFAR folder, or the image folder root
     fingerprint: str  # content hash: the verified archive md5, or a hash of every image's bytes
     classes: tuple[str, ...]
-    skipped: tuple[str, ...] = ()  # unreadable image files left out (image folders)
+    skipped: tuple[str, ...] = ()  # unusable image files left out (image folders)
     manifest: Path | None = None  # image folders: the usable samples
+    # (path, why) for each of ``skipped``: why a file was left out (a broken link, a
+    # decompression bomb, ...). A field of its own so that ``skipped`` stays a tuple of paths.
+    skipped_reasons: tuple[tuple[str, str], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -35,7 +38,7 @@ class DataRef:
 
 def cache_dir(data_dir: Path) -> Path:
     """Where derived files (manifests, split files) live: beside the data they derive from."""
-    return Path(data_dir) / ".cifar_lit"
+    return Path(data_dir) / CACHE_DIR
 
 
 def write_json_atomic(path: Path, obj) -> Path:
@@ -53,14 +56,20 @@ def prepare_data(
     download_url: str | None = None,
     download_md5: str | None = None,
     bad_images: str = "skip",
+    exclude=(),
 ) -> DataRef:
+    """``exclude``: paths the run writes to (its output dir). An image folder refuses one inside
+    its train/ or test/, where the run's files would be read as a class on the next scan."""
     data_dir = Path(data_dir).resolve()
     if dataset in SOURCES:
         md5 = (download_md5 or SOURCES[dataset].md5).lower()
         folder = download_cifar(dataset, data_dir, download_url, md5)
         fingerprint = hashlib.sha256(f"{dataset}:{md5}".encode()).hexdigest()
         return DataRef(dataset, folder, fingerprint, tuple(cifar_classes(folder, dataset)))
-    scan = scan_imagefolder(data_dir, bad_images)
+    scan = scan_imagefolder(data_dir, bad_images, exclude)
+    # Written on every scan, so a deleted manifest is back as soon as the stage runs again.
     manifest = cache_dir(data_dir) / f"manifest-{scan.fingerprint[:16]}.json"
-    write_json_atomic(manifest, {"classes": scan.classes, "train": scan.train, "test": scan.test})
-    return DataRef(dataset, data_dir, scan.fingerprint, tuple(scan.classes), tuple(scan.skipped), manifest)
+    write_json_atomic(manifest, {"classes": scan.classes, "train": scan.train, "test": scan.test,
+                                 "skipped": scan.skipped_reasons})
+    return DataRef(dataset, data_dir, scan.fingerprint, tuple(scan.classes), tuple(scan.skipped), manifest,
+                   tuple(tuple(pair) for pair in scan.skipped_reasons))
