@@ -155,4 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from cifar_lit.signals import exit_cleanly_on_signals
+
+    exit_cleanly_on_signals()
     main(sys.argv[1:])
