@@ -17,7 +17,7 @@ def build_summary(
     test: dict,
     data_fingerprint: str,
     wandb: dict,
-    skipped: int = 0,
+    skipped: list[list[str]] | None = None,
     export: dict | None = None,
     promotion: dict | None = None,
 ) -> dict[str, Any]:
@@ -38,7 +38,8 @@ def build_summary(
         "data_fingerprint": data_fingerprint,
         "code_version": code_version(),
         "git_commit": git_commit(),
-        "skipped_images": skipped,
+        "skipped_images": len(skipped or []),
+        "skipped_files": skipped or [],  # [path, reason] of each image file left out
         "per_class": test["per_class"],
         "wandb": wandb,
         "model_files": export["files"] if export else None,

@@ -72,7 +72,8 @@ def _train(config: TrainConfig) -> dict:
     # Cached stages re-run on their own when their output is gone from disk.
     fresh_data = data_state(config.dataset, config.data_dir, config.download_md5) is None
     ref = download_data.with_options(refresh_cache=fresh_data)(
-        config.dataset, config.data_dir, config.download_url, config.download_md5, config.bad_images
+        config.dataset, config.data_dir, config.download_url, config.download_md5, config.bad_images,
+        exclude=(config.out, config.registry),
     )
     split_path = split_file_path(ref, config.val_size, config.test_size, config.seed, config.data_dir)
     split_file = split_data.with_options(refresh_cache=not split_path.is_file())(
@@ -97,7 +98,8 @@ def _train(config: TrainConfig) -> dict:
     try:
         fitted = fit_model(config, staged, progress)
         tested = evaluate_model(config, staged, Path(fitted["best_checkpoint"]))
-        parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint, skipped=len(ref.skipped))
+        parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint,
+                     skipped=[list(pair) for pair in ref.skipped_reasons])
         # Written before anything talks to W&B or the registry: a later failure loses nothing.
         write_summary(out / "summary.json", build_summary(**parts, wandb=tracking.run_info()))
         export_state = export_checkpoint(

@@ -14,7 +14,7 @@ from cifar_lit import provenance
 from cifar_lit.data import cifar, imagefolder, prepare
 from cifar_lit.data.cifar import SOURCES, DownloadError, is_ready
 from cifar_lit.data.imagefolder import stat_signature
-from cifar_lit.data.prepare import DataRef, prepare_data
+from cifar_lit.data.prepare import DataRef, cache_dir, prepare_data
 
 
 def data_state(dataset: str, data_dir: Path, download_md5: str | None) -> str | None:
@@ -27,7 +27,8 @@ def data_state(dataset: str, data_dir: Path, download_md5: str | None) -> str | 
     if dataset in SOURCES:
         md5 = (download_md5 or SOURCES[dataset].md5).lower()
         return md5 if is_ready(root / SOURCES[dataset].base_folder, md5) else None
-    return stat_signature(root)
+    # The scan's manifest must be there too: a cached result pointing at a deleted one is stale.
+    return stat_signature(root) if any(cache_dir(root).glob("manifest-*.json")) else None
 
 
 def stage_code() -> str:
@@ -75,7 +76,13 @@ def _retry_transient(task, task_run, state) -> bool:
     persist_result=True,
 )
 def download_data(
-    dataset: str, data_dir: Path, download_url: str | None, download_md5: str | None, bad_images: str = "skip"
+    dataset: str,
+    data_dir: Path,
+    download_url: str | None,
+    download_md5: str | None,
+    bad_images: str = "skip",
+    exclude: tuple[Path, ...] = (),
 ) -> DataRef:
-    """Download, checksum and extract CIFAR, or scan and fingerprint an image folder."""
-    return prepare_data(dataset, data_dir, download_url, download_md5, bad_images)
+    """Download, checksum and extract CIFAR, or scan and fingerprint an image folder (never
+    reading the run's own output or registry dirs as classes)."""
+    return prepare_data(dataset, data_dir, download_url, download_md5, bad_images, exclude)

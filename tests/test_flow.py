@@ -141,6 +141,8 @@ def test_image_folder_flow_with_a_broken_file(make_config, tmp_path):
     assert state.is_completed()
     summary = state.result()
     assert summary["skipped_images"] == 1
+    ((path, reason),) = summary["skipped_files"]  # which file, and why
+    assert path == "train/dog/broken.png" and reason, summary["skipped_files"]
     assert [r["class"] for r in summary["per_class"]] == ["cat", "dog", "frog"]
     assert sum(r["support"] for r in summary["per_class"]) == 9  # the test/ folder
     assert summary["wandb"]["mode"] == "disabled" and summary["model_artifact"]["logged"] is False
@@ -170,7 +172,8 @@ def test_default_recipe_end_to_end(make_config):
     split = json.loads((cfg.out / "split.json").read_text())
     assert split["val"] == [] and len(split["train"]) == 200  # all of the tiny CIFAR-10 train set
     # Nothing to rank by: the last epoch's checkpoint is the one tested and exported.
-    assert sorted(p.name for p in (cfg.out / "checkpoints").iterdir()) == ["last.ckpt"]
+    # (and the epoch before it as last.prev.ckpt, a hard link kept in case last.ckpt is ever damaged)
+    assert sorted(p.name for p in (cfg.out / "checkpoints").iterdir()) == ["last.ckpt", "last.prev.ckpt"]
     assert summary["best_checkpoint"] == str((cfg.out / "checkpoints" / "last.ckpt").resolve())
     assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export", "promote"}
     arts = _artifacts(run_id)
@@ -192,7 +195,8 @@ def test_ddp_on_two_cpu_processes_end_to_end(make_config, tmp_path):
     out = cfg.out
     assert list(out.glob("summary.json")) == [out / "summary.json"]
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert len(ckpts) == 2 and "last.ckpt" in ckpts  # one best, one last: rank 1 wrote none
+    # One best, one last and its last-good copy: rank 1 wrote none.
+    assert len(ckpts) == 3 and {"last.ckpt", "last.prev.ckpt"} <= set(ckpts)
     # W&B: the flow's run holds the one model artifact; rank 0's fit run, in the same group,
     # holds the training curves.
     runs = [OfflineRun.load(d) for d in offline_run_dirs(out)]
