@@ -34,7 +34,7 @@ def test_tensor_path_serves_the_reference_images(dataset, make_config, tmp_path)
     fast = ImageDataModule(make_config(**extra, data_path="tensor"), pil.split_file)
     fast.setup()
     for part, ref in (("train", pil.train_set), ("val", pil.val_set), ("test", pil.test_set)):
-        images, labels = fast.tensors[part]
+        images, labels = fast.images_of(part)
         assert torch.equal(images, _reference_uint8(pil, ref))
         assert labels.tolist() == [ref[i][1] for i in range(len(ref))]
     cfg = fast.config
@@ -43,7 +43,7 @@ def test_tensor_path_serves_the_reference_images(dataset, make_config, tmp_path)
     (x, y), *_ = list(fast._batches("val", train=False, batch_size=1000))
     mean = torch.tensor(fast.mean).view(1, 3, 1, 1)
     std = torch.tensor(fast.std).view(1, 3, 1, 1)
-    assert torch.allclose(x, (fast.tensors["val"][0].float() / 255 - mean) / std, atol=1e-6)
+    assert torch.allclose(x, (fast.images_of("val")[0].float() / 255 - mean) / std, atol=1e-6)
 
 
 def test_tensor_cache_is_reused(make_config):
@@ -53,7 +53,7 @@ def test_tensor_cache_is_reused(make_config):
     path = tensor_cache_path(dm.config.data_dir, dm.split["content_fingerprint"])
     stamp = path.stat().st_mtime_ns
     again = load_tensors(dm.split, dm.config.data_dir)
-    assert torch.equal(again["train"][dm.split["val"]], dm.tensors["val"][0])
+    assert torch.equal(again["train"][dm.split["val"]], dm.images_of("val")[0])
     assert path.stat().st_mtime_ns == stamp  # read back, not decoded and written again
 
 

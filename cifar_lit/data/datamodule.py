@@ -17,7 +17,7 @@ from cifar_lit.data.cifar import SOURCES, load_cifar
 from cifar_lit.data.imagefolder import load_rgb32
 from cifar_lit.data.prepare import DataRef, prepare_data
 from cifar_lit.data.split import make_split, read_split, stage_split
-from cifar_lit.data.tensors import DeviceBatches, channel_stats, split_parts
+from cifar_lit.data.tensors import DeviceBatches, channel_stats, split_views
 
 # The tutorial's normalisation: mean 0.5 and std 0.5 per channel, so inputs lie in [-1, 1].
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -71,7 +71,7 @@ class ImageDataModule(L.LightningDataModule):
         self.transform = tutorial_transform()
         self.split: dict | None = None
         self.train_set = self.val_set = self.test_set = None
-        self.tensors: dict[str, torch.Tensor] | None = None
+        self.tensors: dict[str, tuple] | None = None  # tensor path: part -> (pool images, labels, indices)
         self.mean, self.std = list(MEAN), list(STD)
 
     def prepare_data(self) -> None:
@@ -130,19 +130,32 @@ class ImageDataModule(L.LightningDataModule):
     def _setup_tensors(self, split: dict, root: Path) -> None:
         if self.tensors is not None:
             return
-        self.tensors = split_parts(split, root)
-        self.mean, self.std = channel_stats(self.tensors["train"][0])
-        self.train_set, self.val_set, self.test_set = (self.tensors[k][0] for k in ("train", "val", "test"))
+        # One uint8 pool (memory-mapped from the cache) that every part indexes into.
+        self.tensors = split_views(split, root)
+        images, _, idx = self.tensors["train"]
+        self.mean, self.std = channel_stats(images, idx)
+        self.train_set, self.val_set, self.test_set = (self._indices(k) for k in ("train", "val", "test"))
+
+    def _indices(self, part: str) -> torch.Tensor:
+        images, _, idx = self.tensors[part]
+        return torch.arange(len(images)) if idx is None else idx
+
+    def images_of(self, part: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tensor path: copies of the (first ``n``) uint8 images and labels of ``part``."""
+        images, labels, _ = self.tensors[part]
+        idx = self._indices(part)[:n]
+        return images[idx], labels[idx]
 
     def _batches(self, part: str, train: bool, batch_size: int) -> DeviceBatches:
         trainer, c = self.trainer, self.config
-        images, labels = self.tensors[part]
+        images, labels, idx = self.tensors[part]
         return DeviceBatches(
             images,
             labels,
             batch_size,
             self.mean,
             self.std,
+            indices=idx,
             train=train,
             seed=c.seed,
             device=trainer.strategy.root_device if trainer else "cpu",
@@ -184,8 +197,8 @@ class ImageDataModule(L.LightningDataModule):
         """The first ``n`` images (normalised) and labels of ``part`` ("val" or "test"): fixed
         across epochs and runs of the same split, so W&B panels compare like with like."""
         if self.tensors is not None:
-            images, labels = self.tensors[part]
-            return self._normalise(images[:n]), labels[:n].clone()
+            images, labels = self.images_of(part, n)
+            return self._normalise(images), labels
         dataset = self.val_set if part == "val" else self.test_set
         items = [dataset[i] for i in range(min(n, len(dataset)))]
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
@@ -205,5 +218,5 @@ class ImageDataModule(L.LightningDataModule):
     def whitening_sample(self, n: int = 5000) -> torch.Tensor:
         """Normalised training images for data-dependent initialisation (patch whitening)."""
         if self.tensors is not None:
-            return self._normalise(self.tensors["train"][0][:n])
+            return self._normalise(self.images_of("train", n)[0])
         return torch.stack([self.train_set[i][0] for i in range(min(n, len(self.train_set)))])
