@@ -159,7 +159,7 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 # through its fingerprint, not its path or mirror URL.
 NOT_EFFECTIVE = frozenset({
     "output_dir", "runs_dir", "registry_dir", "data_dir", "download_url", "num_workers", "prediction_samples",
-    "wandb_mode", "wandb_project", "wandb_entity", "promote_margin", "force_promote", "force", "resume",
+    "wandb_mode", "wandb_project", "wandb_entity", "promote_margin", "force_promote", "force", "resume", "node_timeout",
 })
 
 Precision = Literal["32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true"]
@@ -217,6 +217,9 @@ class TrainConfig(BaseModel):
         "auto", description="Lightning strategy; ddp runs fit as one process per device"
     )
     num_nodes: int = Field(1, ge=1, description="machines taking part in a distributed fit (Lightning num_nodes)")
+    node_timeout: int = Field(
+        600, ge=5, description="seconds a distributed fit waits for every process to join before it fails"
+    )
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes (PIL data path)")
     data_path: Literal["pil", "tensor"] | None = Field(
         None, description="pil: the tutorial's per-sample DataLoader; tensor: decoded once, batched on the device"

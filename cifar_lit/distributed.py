@@ -87,10 +87,25 @@ def main(argv: list[str] | None = None) -> None:
         tracking.start_run(config, name=f"{config.out.name}-fit", job_type="fit")
     try:
         result = fit(config, args.split, resume=args.resume)
+    except Exception as e:
+        if not _timed_out(e):
+            raise
+        # One line instead of a traceback per rank: the usual cause is a node that never started.
+        where = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '?')}"
+        print(f"num_nodes: not every process joined {where} within --node-timeout {config.node_timeout} s "
+              f"({str(e).strip().splitlines()[0][:160]}); start this command on every node with its NODE_RANK",
+              file=sys.stderr)
+        sys.exit(1)
     finally:
         tracking.finish_run()
     if global_zero:
         args.result.write_text(json.dumps(result.to_dict()))
+
+
+def _timed_out(e: BaseException) -> bool:
+    import torch.distributed as dist
+
+    return isinstance(e, getattr(dist, "DistStoreError", ())) or "timed out" in str(e).lower()
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, *
         max_time=config.max_time,
         accelerator=config.accelerator,
         devices=config.devices,
-        strategy=config.strategy,
+        strategy=_strategy(config),
         num_nodes=config.num_nodes,
         precision=config.precision,
         callbacks=callbacks,
@@ -80,6 +80,19 @@ def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, *
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
+
+
+def _strategy(config: TrainConfig):
+    """Lightning's strategy; DDP with ``node_timeout``, so a process that never joins ends the
+    fit with an error instead of a hang (torch's default wait is 30 minutes)."""
+    if config.strategy.startswith("ddp"):
+        from datetime import timedelta
+
+        from lightning.pytorch.strategies import DDPStrategy
+
+        unused = config.strategy == "ddp_find_unused_parameters_true"
+        return DDPStrategy(timeout=timedelta(seconds=config.node_timeout), find_unused_parameters=unused)
+    return config.strategy
 
 
 def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: EpochHook | None = None) -> FitResult:

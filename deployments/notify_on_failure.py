@@ -32,7 +32,12 @@ def notification_block(webhook_url: str | None, block: str | None) -> UUID:
         block_type, _, name = block.partition("/")
         with get_client(sync_client=True) as client:
             return client.read_block_document_by_name(name, block_type_slug=block_type).id
-    webhook = CustomWebhookNotificationBlock(name=WEBHOOK_BLOCK, url=webhook_url, json_data={"text": "{{subject}}\n{{body}}"})
+    # The URL is the credential (a Slack webhook URL lets anyone post): it lives in the block's
+    # secrets, which Prefect masks wherever the block is read or shown, and fills in on sending.
+    webhook = CustomWebhookNotificationBlock(
+        name=WEBHOOK_BLOCK, url="{{webhook_url}}", secrets={"webhook_url": webhook_url},
+        json_data={"text": "{{subject}}\n{{body}}"},
+    )
     return webhook.save(WEBHOOK_BLOCK, overwrite=True)
 
 
