@@ -15,7 +15,8 @@ bench/out/results.json:
   (c) Lightning vs a plain PyTorch loop: steps/s, same model, data and batch size
   (d) flow overhead: the whole Prefect flow vs direct fit + test calls (after a warm-up flow
       that starts Prefect's ephemeral API), and the download + split time of a cached re-run
-  (e) peak resident memory of the default recipe's fit + test process
+  (e) peak resident memory of the default recipe's fit + test process, and of the fast data path
+      alone per 10,000 images (`--only memory` runs just that row)
 
 Each recipe trains in its own process so that (e) measures it alone.
 """
@@ -96,6 +97,29 @@ def fit_and_test(data_dir: Path, recipe: str, split: Path) -> dict:
         "test_acc": tested.metrics["test_acc"],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def _proc_status(key: str) -> int:
+    return next(int(ln.split()[1]) * 1024 for ln in Path("/proc/self/status").read_text().splitlines()
+                if ln.startswith(key))
+
+
+def data_memory(data_dir: Path, split: Path) -> dict:
+    """(e): the fast data path's own peak memory (Linux): setting up the tensor path and one
+    epoch of training batches, measured from here (VmHWM reset), per 10,000 images of the pool."""
+    from cifar_lit.data.datamodule import ImageDataModule
+
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak from the current RSS
+    before = _proc_status("VmRSS")
+    dm = ImageDataModule(config(data_dir, "cpu-fast", OUT / "memory"), split)
+    dm.setup("fit")
+    for _ in dm.train_dataloader():
+        pass
+    peak = _proc_status("VmHWM") - before
+    pool = len(dm.tensors["train"][0])
+    uint8 = pool * 3 * 32 * 32
+    return {"pool_images": pool, "peak_mib": round(peak / 2**20, 1),
+            "mib_per_10k_images": round(peak / 2**20 / (pool / 10_000), 1), "ratio_to_uint8": round(peak / uint8, 2)}
 
 
 def child(*args: str) -> dict:
@@ -286,7 +310,7 @@ def table(r: dict) -> str:
         ("(d) cached re-run: download + split", f"{d['rerun_download_split_seconds']:.2f} s",
          "/".join(d["rerun_states"].values())),
         ("(e) peak RSS, default recipe", f"{a_fast['peak_rss_mib']:,.0f} MiB", ""),
-    ]
+    ] + memory_rows(r["memory"])
     width = max(len(x[0]) for x in rows)
     lines = [f"{m['cpu']}, {m['cores']} cores, AMX: {m['amx']}, matmul fp32 {m['matmul_gflops']['float32']} / "
              f"bf16 {m['matmul_gflops']['bfloat16']} GFLOP/s; torch {m['torch']}, Lightning {m['lightning']}, "
@@ -295,10 +319,16 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def memory_rows(e: dict) -> list[tuple[str, str, str]]:
+    return [("(e) fast data path, setup + 1 epoch of batches", f"{e['mib_per_10k_images']:,.1f} MiB per 10,000 images",
+             f"{e['ratio_to_uint8']:.2f}x the uint8 images ({e['pool_images']:,} in the pool)")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=OUT / "cifar10-jpeg")
-    parser.add_argument("--child", choices=["fit", "flow"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["fit", "flow", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["memory"], help="run one measurement: memory, the (e) data-path row")
     parser.add_argument("--recipe", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--split", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -308,11 +338,19 @@ def main() -> None:
     if args.child == "flow":
         print(json.dumps(flow_overhead(args.data_dir)))
         return
+    if args.child == "memory":
+        print(json.dumps(data_memory(args.data_dir, args.split)))
+        return
 
     OUT.mkdir(parents=True, exist_ok=True)
     unpack(TARBALL, args.data_dir)
     splits = prepare(args.data_dir)
-    results = {"machine": machine(), "fit": {}}
+    memory = child("--child", "memory", "--data-dir", str(args.data_dir), "--split", str(splits["cpu-fast"]))
+    if args.only == "memory":
+        (OUT / "memory.json").write_text(json.dumps({"machine": machine(), "memory": memory}, indent=2))
+        print("\n".join(f"{a}  {b}  {c}" for a, b, c in memory_rows(memory)))
+        return
+    results = {"machine": machine(), "fit": {}, "memory": memory}
     for key, recipe, what in (("seed", "seed", "the tutorial recipe"), ("default", "auto", "the default recipe"),
                               ("long", "cpu-long", "the longer CPU recipe")):
         print(f"fitting {what} ...", flush=True)

@@ -9,6 +9,7 @@ checkpoints or summary is refused unless ``resume`` says to continue that run.
 from __future__ import annotations
 
 import fcntl
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,21 @@ from pathlib import Path
 
 class OutputDirError(ValueError):
     """The output dir belongs to another run (or cannot be written); the message says which."""
+
+
+def check_writable(folder: Path, field: str = "output_dir") -> None:
+    """One line when ``folder`` cannot be created or written (under a file, a read-only mount),
+    found before any work; nothing is left behind."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputDirError(f"{field}: {folder} cannot be created: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise OutputDirError(f"{field}: {folder} is not writable ({e.strerror or e})") from None
 
 
 @contextmanager

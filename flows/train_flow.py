@@ -34,7 +34,7 @@ from cifar_lit.export import model_dir
 from cifar_lit.machine import MachineError, check_machine
 from cifar_lit.model_file import MODEL_FILE, TORCHSCRIPT_FILE
 from cifar_lit.promote import card, unchanged
-from cifar_lit.rundir import own_output_dir
+from cifar_lit.rundir import OutputDirError, check_writable, own_output_dir
 from cifar_lit.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
 from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
 from tasks.download import data_state
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = parse_config(argv, prog="train_flow.py")
     try:  # the user's one-line error, before any flow run exists (the flow checks again)
         check_machine(config)
-    except MachineError as e:
+        check_writable(config.output_dir or config.runs_dir, "output_dir" if config.output_dir else "runs_dir")
+    except (MachineError, OutputDirError) as e:
         field, _, message = str(e).partition(": ")
         print(f"train_flow.py: error: {flag(field)}: {message}", file=sys.stderr)
         sys.exit(2)

@@ -20,16 +20,19 @@ from flows.train_flow import main, train_flow
         (["--max-time", "00:00:00:00"], "--max-time: must be longer than 00:00:00:00"),
         (["--output-dir", ""], "--output-dir: must name a folder for this run"),
         (["--resume"], "--resume: name the run to continue with --output-dir"),
+        (["--output-dir", "a-file/run"], "--output-dir: a-file/run cannot be created:"),
+        (["--runs-dir", "a-file"], "--runs-dir: a-file cannot be created:"),
     ],
 )
 def test_what_the_machine_cannot_run_is_one_line_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MASTER_ADDR", raising=False)
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(SystemExit) as e:
         main(["--data-dir", str(tmp_path / "data"), *argv])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
-    assert list(tmp_path.iterdir()) == []  # nothing downloaded, no run dir made
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # nothing downloaded, no run dir made
 
 
 @pytest.mark.usefixtures("prefect_api")
