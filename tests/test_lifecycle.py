@@ -75,12 +75,13 @@ def _promotion_artifact(flow_run_id) -> str:
     return art.data
 
 
-def _events(prefix: str, expected: int, timeout: float = 60) -> list[dict]:
-    """Events the server has stored under ``prefix``; they arrive asynchronously."""
+def _events(prefix: str, resource: str, expected: int, timeout: float = 60) -> list[dict]:
+    """Events about ``resource`` the server has stored under ``prefix`` (other tests' models
+    emit theirs too); they arrive asynchronously."""
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
-            body = {"filter": {"event": {"prefix": [prefix]}, "order": "ASC"}, "limit": 50}
+            body = {"filter": {"event": {"prefix": [prefix]}, "resource": {"id": [resource]}, "order": "ASC"}, "limit": 50}
             events = client.request("POST", "/events/filter", json=body).json()["events"]
             if len(events) >= expected or time.monotonic() > deadline:
                 return events
@@ -150,7 +151,8 @@ def test_promote_skip_reject_and_a_better_challenger(make_config, tmp_path):
     assert p["promoted"] == (other["test_acc"] >= theirs)
 
     # Every decision is a Prefect event an automation can trigger on, metrics in the payload.
-    events = _events("cifar_lit.model.", expected=5)
+    events = _events("cifar_lit.model.", f"cifar_lit.model.{name}", expected=4)
+    assert len(events) == 4  # runs 1, 3, 4 and 5; the skipped run 2 decided nothing
     kinds = [e["event"] for e in events]
     assert kinds.count("cifar_lit.model.rejected") == 1 + (not p["promoted"])
     assert kinds.count("cifar_lit.model.promoted") == 2 + p["promoted"]
