@@ -394,9 +394,11 @@ def test_setup_creates_the_pools_and_the_automation(deployed, webhook):
     with get_client(sync_client=True) as client:
         webhook_block = client.read_block_document_by_name("cifar-lit-failures", "custom-webhook")
     assert action.type == "send-notification" and action.block_document_id == webhook_block.id
-    # The webhook URL is a secret of the block: not in what the API (and the UI) shows.
-    assert webhook_block.data["url"] == "{{webhook_url}}"
-    assert webhook.url not in webhook_block.model_dump_json()
+    # The webhook URL is a secret of the block: masked in what the API (and the UI) shows.
+    with get_client(sync_client=True) as client:
+        shown = client.read_block_document_by_name("cifar-lit-failures", "custom-webhook", include_secrets=False)
+    assert shown.data["url"] == "{{webhook_url}}"
+    assert webhook.url not in shown.model_dump_json() and webhook.url in webhook_block.model_dump_json()
 
 
 def test_rerunning_the_alert_setup_with_an_existing_block_replaces_the_automation(deployed, env):
