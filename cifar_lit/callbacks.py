@@ -22,6 +22,16 @@ from cifar_lit.config import TrainConfig
 EpochHook = Callable[[int, int, dict[str, float]], None]
 
 
+def to_uint8_image(x: torch.Tensor):
+    """A [0, 1] float image (3 x H x W) as the H x W x 3 uint8 array W&B logs as is. wandb takes
+    float arrays as 0-255 values, so [0, 1] floats were logged as black squares.
+
+    >>> to_uint8_image(torch.tensor([1.0, 0.5, 0.0]).view(3, 1, 1)).tolist()
+    [[[255, 128, 0]]]
+    """
+    return x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
 class ImagePredictionLogger(Callback):
     """Each validation epoch (or, with ``stage="test"``, after testing), log fixed images of that
     split to W&B captioned ``Pred: <class>, Label: <class>``, and a Table of the same
@@ -56,7 +66,7 @@ class ImagePredictionLogger(Callback):
         with torch.no_grad():
             probs = pl_module(self.images.to(pl_module.device)).float().softmax(dim=1).cpu()
         conf, preds = probs.max(dim=1)
-        pictures = [self.denormalize(x) for x in self.images]  # W&B shows the real image
+        pictures = [to_uint8_image(self.denormalize(x)) for x in self.images]  # W&B shows the real image
         names = self.class_names
         captions = [f"Pred: {names[p]}, Label: {names[y]}" for p, y in zip(preds.tolist(), self.labels.tolist())]
         import wandb  # W&B only where it logs

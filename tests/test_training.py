@@ -106,6 +106,16 @@ def test_wandb_offline_run_holds_metrics_predictions_and_test_results(make_confi
     (test_panel,) = wb.values("test/examples")
     assert len(test_panel["captions"]) == 4 and len(wb.values("test/predictions")) == 1
     assert all(re.fullmatch(f"Pred: ({names}), Label: ({names})", c) for c in test_panel["captions"])
+    # The pictures themselves: the logged files decode to the test images' own pixels (they were
+    # black when [0, 1] floats reached wandb, which reads floats as 0-255).
+    import numpy as np
+    from PIL import Image
+
+    from cifar_lit.data.cifar import load_cifar
+
+    originals = load_cifar(cfg.data_dir / "cifar-10-batches-py", "cifar10", train=False)[0][:4]
+    logged = np.stack([np.asarray(Image.open(run_dir / "files" / f).convert("RGB")) for f in test_panel["filenames"]])
+    assert logged.shape == originals.shape and np.abs(logged.astype(int) - originals.astype(int)).max() <= 1
     assert wb.summary["test_acc"] == pytest.approx(tested.metrics["test_acc"])
     assert wb.values("test/confusion_matrix_table") and wb.values("test/per_class_accuracy")
     model = wb.artifact("model")
