@@ -74,6 +74,13 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, mod
         parser.error(describe_error(e, model))
 
 
+def fail(prog: str, message: str) -> typing.NoReturn:
+    """The one-line exit 2 of a bad flag, for what is checked after parsing (the machine, the
+    registry): the same shape as the parser's own errors."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def describe_error(e: ValidationError, model: type[BaseModel] = TrainConfig) -> str:
     """The first validation error as ``--flag: message``."""
     err = e.errors()[0]

@@ -41,7 +41,7 @@ def predict_flow(config: PredictConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from cifar_lit.cli import parse_config
+    from cifar_lit.cli import fail, parse_config
     from cifar_lit.model_file import ModelFileError, read_model
     from cifar_lit.predict import resolve_model
     from cifar_lit.registry import RegistryError
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:  # before any flow run exists: a wrong name, path or file is the user's one-line error
         read_model(resolve_model(config))
     except (RegistryError, ModelFileError) as e:
-        print(f"predict_flow.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail("predict_flow.py", str(e))
     return predict_flow(config)
 
 

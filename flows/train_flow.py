@@ -144,7 +144,7 @@ def _exported(config: TrainConfig, state) -> tuple[dict, str | None]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from cifar_lit.cli import flag, parse_config
+    from cifar_lit.cli import fail, flag, parse_config
 
     config = parse_config(argv, prog="train_flow.py")
     try:  # the user's one-line error, before any flow run exists (the flow checks again)
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_writable(config.output_dir or config.runs_dir, "output_dir" if config.output_dir else "runs_dir")
     except (MachineError, OutputDirError) as e:
         field, _, message = str(e).partition(": ")
-        print(f"train_flow.py: error: {flag(field)}: {message}", file=sys.stderr)
-        sys.exit(2)
+        fail("train_flow.py", f"{flag(field)}: {message}")
     return train_flow(config)
 
 
