@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from cifar_lit.config import RECIPE_FIELDS, TrainConfig
+from cifar_lit.config import EXAMPLES, FLAG_GROUPS, RECIPE_FIELDS, TrainConfig
 
 
 def flag(field: str) -> str:
@@ -25,8 +25,12 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _choices(annotation) -> list[str] | None:
-    """The allowed values of a Literal (or Optional Literal) field, for --help."""
+def _choices(name: str, annotation) -> list[str] | None:
+    """The allowed values of a Literal (or Optional Literal) field, and the networks for --model."""
+    if name == "model" and annotation in (str, str | None):
+        from cifar_lit.models import known_models  # the names only: no torch
+
+        return known_models()
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return [str(a) for a in args]
@@ -36,31 +40,54 @@ def _choices(annotation) -> list[str] | None:
     return None
 
 
+def _default_text(model: type[BaseModel], name: str, default) -> str | None:
+    if model is TrainConfig and name == "val_size":
+        return "0 in the fast recipes, else 5000 for CIFAR, 0.1 for image folders"
+    if model is TrainConfig and name in RECIPE_FIELDS:
+        return "from --recipe"
+    if default is None or isinstance(default, bool):  # a switch off by default needs no note
+        return None
+    return str(default)
+
+
 def build_parser(prog: str | None = None, model: type[BaseModel] = TrainConfig, description: str | None = None):
+    """One flag per field of ``model``, in the groups of ``FLAG_GROUPS`` for TrainConfig. Each
+    default is said once; choices are listed as the flag's value; booleans are ``--x/--no-x``."""
+    train = model is TrainConfig
     parser = _OneLineParser(
         prog=prog,
+        usage="%(prog)s [-h] [--FLAG VALUE ...]",
         description=description or "Train, test and export an image classifier (Lightning + Prefect + W&B).",
+        epilog=EXAMPLES if train else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for name, info in model.model_fields.items():
-        choices = _choices(info.annotation)
-        default = "the recipe's value" if model is TrainConfig and name in RECIPE_FIELDS else info.default
-        if model is TrainConfig and name == "val_size":
-            default = "0 in the fast recipes, else 5000 for CIFAR, 0.1 for image folders"
-        help_text = info.description or ""
-        if choices:
-            help_text += f"; one of {', '.join(choices)}"
-        kwargs: dict = {"dest": name, "metavar": name.upper()}
-        if info.annotation is bool:  # a switch: --force / --no-force
-            kwargs = {"dest": name, "action": argparse.BooleanOptionalAction, "default": None}
-        elif typing.get_origin(info.annotation) is list:
-            kwargs["nargs"] = "+"
-        if info.is_required():
-            help_text += " (required)"
-        elif default is not None and "default" not in help_text:  # each default said once
-            help_text += f" (default: {default})"
-        # Values stay strings here; the pydantic model converts and validates them in one place.
-        parser.add_argument(flag(name), help=help_text, **kwargs)
+    groups = FLAG_GROUPS if train else {"options": tuple(model.model_fields)}
+    for title, names in groups.items():
+        section = parser.add_argument_group(title) if train else parser
+        for name in names:
+            _add_flag(section, model, name)
     return parser
+
+
+def _add_flag(section, model: type[BaseModel], name: str) -> None:
+    info = model.model_fields[name]
+    choices = _choices(name, info.annotation)
+    help_text = info.description or ""
+    kwargs: dict = {"dest": name, "metavar": "{" + ",".join(choices) + "}" if choices else name.upper()}
+    switch = info.annotation in (bool, bool | None)
+    if switch:  # --force / --no-force
+        kwargs = {"dest": name, "action": argparse.BooleanOptionalAction, "default": None}
+    elif typing.get_origin(info.annotation) is list:
+        kwargs["nargs"] = "+"
+    default = _default_text(model, name, info.default)
+    if info.is_required():
+        help_text += " (required)"
+    elif switch and info.default:
+        help_text += " (default: on)"
+    elif default is not None and "(default" not in help_text:  # each default said once
+        help_text += f" (default: {default})"
+    # Values stay strings here; the pydantic model converts and validates them in one place.
+    section.add_argument(flag(name), help=help_text, **kwargs)
 
 
 def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, model: type[BaseModel] = TrainConfig):

@@ -4,6 +4,7 @@ files read back), fit/test/resume and export."""
 from __future__ import annotations
 
 import csv
+import importlib
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from wandb_files import OfflineRun, offline_run_dirs
 from cifar_lit import tracking
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.export import export_model
-from cifar_lit.models import MODELS, build_model, register
+from cifar_lit.models import CATALOGUE, MODELS, build_model, register
 from cifar_lit.models.seed_cnn import SeedCNN
 from cifar_lit.module import LitClassifier
 from cifar_lit.train import OutputDirError, evaluate, fit, load_classifier
@@ -32,7 +33,11 @@ def test_seed_cnn_is_the_tutorial_network():
 
 
 def test_registry():
-    assert "seed_cnn" in MODELS and build_model("seed_cnn", 7).fc3.out_features == 7
+    assert build_model("seed_cnn", 7).fc3.out_features == 7 and "seed_cnn" in MODELS
+    # The catalogue (what --help lists without importing torch) names exactly what its modules register.
+    for module in set(CATALOGUE.values()):
+        importlib.import_module(module)
+    assert set(CATALOGUE) == {name for name, b in MODELS.items() if b.__module__.startswith("cifar_lit.models")}
     with pytest.raises(ValueError, match="registered twice"):
         register("seed_cnn")(lambda n: SeedCNN(n))
     with pytest.raises(ValueError, match="unknown model"):
