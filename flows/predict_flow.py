@@ -10,13 +10,18 @@ file is a row with its reason). A missing registry, alias or model file exits 2 
 
 from __future__ import annotations
 
-import os
 import sys
 
-# Without PREFECT_API_URL, Prefect starts a temporary API server; on a busy 2-core machine it can
-# take longer than Prefect's default 20 s to answer, which would crash the run before it starts.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from flows.command import prefect_defaults, run_or_exit
 
+PROG = "predict_flow.py"
+if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
+    from cifar_lit.cli import parse_config
+    from cifar_lit.config import PredictConfig
+
+    CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG, model=PredictConfig)
+
+prefect_defaults()
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -40,22 +45,22 @@ def predict_flow(config: PredictConfig) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, config: PredictConfig | None = None) -> dict:
     from cifar_lit.cli import fail, parse_config
     from cifar_lit.model_file import ModelFileError, read_model
     from cifar_lit.predict import resolve_model
     from cifar_lit.registry import RegistryError
 
-    config = parse_config(argv, prog="predict_flow.py", model=PredictConfig)
+    config = config or parse_config(argv, prog=PROG, model=PredictConfig)
     try:  # before any flow run exists: a wrong name, path or file is the user's one-line error
         read_model(resolve_model(config))
     except (RegistryError, ModelFileError) as e:
-        fail("predict_flow.py", str(e))
-    return predict_flow(config)
+        fail(PROG, str(e))
+    return run_or_exit(PROG, lambda: predict_flow(config))
 
 
 if __name__ == "__main__":
     from cifar_lit.signals import exit_cleanly_on_signals
 
     exit_cleanly_on_signals()
-    main(sys.argv[1:])
+    main(config=CLI_CONFIG)

@@ -13,15 +13,19 @@ shows up in that server's UI.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
 
-# Without PREFECT_API_URL, Prefect starts a temporary API server; on a busy 2-core machine it can
-# take longer than Prefect's default 20 s to answer, which would crash the run before it starts.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from flows.command import prefect_defaults, run_or_exit
 
+PROG = "train_flow.py"
+if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
+    from cifar_lit.cli import parse_config
+
+    CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG)
+
+prefect_defaults()
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.runtime import flow_run
@@ -143,21 +147,23 @@ def _exported(config: TrainConfig, state) -> tuple[dict, str | None]:
     return local, message
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, config: TrainConfig | None = None) -> dict:
+    """The command line: flags (or an already parsed ``config``) to a finished run. A failure
+    the user can act on (no network, a bad folder, a diverged fit) ends with one line, exit 1."""
     from cifar_lit.cli import fail, flag, parse_config
 
-    config = parse_config(argv, prog="train_flow.py")
+    config = config or parse_config(argv, prog=PROG)
     try:  # the user's one-line error, before any flow run exists (the flow checks again)
         check_machine(config)
         check_writable(config.output_dir or config.runs_dir, "output_dir" if config.output_dir else "runs_dir")
     except (MachineError, OutputDirError) as e:
         field, _, message = str(e).partition(": ")
-        fail("train_flow.py", f"{flag(field)}: {message}")
-    return train_flow(config)
+        fail(PROG, f"{flag(field)}: {message}")
+    return run_or_exit(PROG, lambda: train_flow(config))
 
 
 if __name__ == "__main__":
     from cifar_lit.signals import exit_cleanly_on_signals
 
     exit_cleanly_on_signals()
-    main(sys.argv[1:])
+    main(config=CLI_CONFIG)

@@ -1,0 +1,66 @@
+"""What a user sees from ``python flows/train_flow.py`` when a run cannot start or cannot get its
+data: one line that says what happened and what to do, exit 1, no traceback, no noise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fakes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A user's shell: no Prefect server configured (the flow starts its temporary one) and
+    Prefect's own defaults for logging and telemetry, which the test session overrides."""
+    drop = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "PREFECT_SERVER_ANALYTICS_ENABLED")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def _error_line(stderr: str) -> str:
+    """The command's own error line (Prefect's "Stopping temporary server" may follow it)."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("train_flow.py: error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def _train(tmp_path: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    common = ["--wandb-mode", "disabled", "--accelerator", "cpu", "--runs-dir", str(tmp_path / "runs")]
+    return subprocess.run([sys.executable, "flows/train_flow.py", *args, *common], cwd=REPO, env=_env(tmp_path, **env),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_failed_download_ends_with_one_line_naming_the_url_and_the_ways_out(tmp_path):
+    server = fakes.FileServer({}).start()  # answers 404: not retried, so the test is quick
+    try:
+        url = server.url("/cifar-10-python.tar.gz")
+        proc = _train(tmp_path, ["--data-dir", str(tmp_path / "data"), "--download-url", url,
+                                 "--download-md5", "0" * 32])
+    finally:
+        server.stop()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and "telemetry" not in output, output[-3000:]
+    last = _error_line(proc.stderr)
+    assert url in last and "404" in last, last
+    for way_out in ("--download-url", "--data-dir", "cifar-10-python.tar.gz"):
+        assert way_out in last, last
+    assert len(output.splitlines()) < 20, output  # Prefect's run lines and the error, not pages
+
+
+def test_a_slow_temporary_prefect_server_is_one_line_naming_prefect_api_url(tmp_path):
+    root = fakes.image_folder(tmp_path / "photos", per_class=4)
+    # The user's own (tiny) startup timeout stands in for a machine too busy to start the server.
+    proc = _train(tmp_path, ["--dataset", "imagefolder", "--data-dir", str(root)],
+                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    last = _error_line(proc.stderr)
+    assert last.startswith("train_flow.py: error: Prefect's temporary API server did not answer within 0 s")
+    assert "PREFECT_API_URL" in last and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in last
