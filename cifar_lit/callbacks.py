@@ -36,7 +36,8 @@ class ImagePredictionLogger(Callback):
     """Each validation epoch (or, with ``stage="test"``, after testing), log fixed images of that
     split to W&B captioned ``Pred: <class>, Label: <class>``, and a Table of the same
     predictions: ``examples``/``predictions`` for validation, ``test/examples``/``test/predictions``
-    for test."""
+    for test. ``samples``: ``ImageDataModule.samples``, a seeded pick round-robin over the classes
+    (``cifar_lit.data.panels``), the same in every epoch and run of a split."""
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ from torchvision import transforms
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.cifar import SOURCES, load_cifar
 from cifar_lit.data.imagefolder import load_rgb32
+from cifar_lit.data.panels import panel_indices
 from cifar_lit.data.prepare import DataRef, prepare_data
 from cifar_lit.data.split import make_split, read_split, stage_split
 from cifar_lit.data.tensors import DeviceBatches, channel_stats, split_views
@@ -194,14 +195,30 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def samples(self, part: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` images (normalised) and labels of ``part`` ("val" or "test"): fixed
-        across epochs and runs of the same split, so W&B panels compare like with like."""
+        """``n`` images (normalised) and labels of ``part`` ("val" or "test") for the W&B panels:
+        ``panel_indices``, a sample seeded by the run's seed and round-robin over the classes (a
+        split of an image folder is class-sorted, its first images one class). The same on both
+        data paths, and across epochs and runs of the same split, so panels compare like with like."""
+        chosen = panel_indices(self.labels_of(part), n, self.config.seed)
         if self.tensors is not None:
-            images, labels = self.images_of(part, n)
-            return self._normalise(images), labels
+            images, labels, _ = self.tensors[part]
+            idx = self._indices(part)[chosen]
+            return self._normalise(images[idx]), labels[idx]
         dataset = self.val_set if part == "val" else self.test_set
-        items = [dataset[i] for i in range(min(n, len(dataset)))]
+        items = [dataset[i] for i in chosen]
+        if not items:
+            return torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long)
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+    def labels_of(self, part: str) -> list[int]:
+        """The labels of ``part`` in order, without decoding any image."""
+        if self.tensors is not None:
+            _, labels, _ = self.tensors[part]
+            return labels[self._indices(part)].tolist()
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[part]
+        if isinstance(dataset, ArrayImages):
+            return [int(dataset.labels[j]) for j in dataset.indices]
+        return [int(dataset.samples[j][1]) for j in dataset.indices]
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (tensor path) as the network sees them."""
