@@ -4,7 +4,9 @@ The download is a small HTTP client of its own (urllib) rather than torchvision'
 ``download_url``, because a production download has to do what that one does not: give up on a
 mirror that stalls (a read timeout, ``CIFAR_LIT_DOWNLOAD_TIMEOUT`` seconds, 30 by default), tell
 a connection that closed early (retried) from a wrong archive (not retried), wait as long as a
-``Retry-After`` asks, and never print a URL's credentials or query string.
+``Retry-After`` asks, and never print a URL's credentials or query string. ``file://`` URLs work
+too (a mirror on a local or mounted disk). Every failure is one line: the URL tried, what went
+wrong, and the ways out (another mirror, the archive placed in the data dir, or an image folder).
 
 One download at a time per data root: an ``fcntl.flock`` on a lock file there serialises
 concurrent first runs (the second waits, then finds the data ready). The archive is fetched to
@@ -29,6 +31,7 @@ import lzma
 import os
 import pickle
 import shutil
+import socket
 import ssl
 import tarfile
 import tempfile
@@ -119,10 +122,14 @@ class ArchiveError(DownloadError, tarfile.TarError):
 class HTTPDownloadError(urllib.error.HTTPError):
     """An HTTP error status, with a one-line message and the URL without credentials. Still an
     ``HTTPError`` (with its ``code``) for callers and retry rules that look at the status, but
-    picklable, as Prefect persists a failed task's exception."""
+    picklable, as Prefect persists a failed task's exception. ``str()`` is the message alone,
+    worded like every other download error (it names the status)."""
 
     def __init__(self, url: str, code: int, msg: str):
         super().__init__(url, code, msg, None, None)
+
+    def __str__(self) -> str:
+        return self.msg
 
     def __reduce__(self):
         return type(self), (self.url, self.code, self.msg)
@@ -202,7 +209,15 @@ def _clear_leftovers(root: Path, filename: str) -> None:
 
 def _advice(filename: str, root: Path) -> str:
     """What the user can do about a download that failed: every download error ends with it."""
-    return f"use --download-url with a mirror, or put {filename} in --data-dir {root}"
+    return (
+        f"ways out: --download-url with an http(s):// or file:// mirror plus --download-md5, "
+        f"or put {filename} in --data-dir {root}, or --dataset imagefolder for your own images"
+    )
+
+
+def _failed(where: str, error: str, advice: str) -> str:
+    """The one line every download error says: the URL tried, what went wrong, the ways out."""
+    return f"cannot download {where}: {error}; {advice}"
 
 
 def _one_line(text: object) -> str:
@@ -235,10 +250,7 @@ def _fetch(url: str, root: Path, filename: str, md5: str, timeout: float) -> Non
             _get(url, out, timeout, advice)
         got = calculate_md5(part)
         if got != md5:
-            raise ChecksumError(
-                f"{filename}: checksum mismatch (expected md5 {md5}, got {got}) downloading {where}; "
-                f"if that archive is right, pass its md5 as --download-md5, else {advice}"
-            )
+            raise ChecksumError(f"cannot use {where}: checksum mismatch (expected md5 {md5}, got {got}); {advice}")
         os.replace(part, root / filename)
     finally:
         part.unlink(missing_ok=True)
@@ -260,7 +272,9 @@ def _get(url: str, out: BinaryIO, timeout: float, advice: str) -> None:
         except urllib.error.HTTPError as e:
             delay = _retry_after(e)
             if delay is None or waits == RETRY_AFTER_WAITS:
-                raise HTTPDownloadError(where, e.code, f"{_scrub(e.reason, url)} for {where}; {advice}") from None
+                tries = f" ({waits + 1} tries, waiting as its Retry-After asked)" if waits else ""
+                error = f"HTTP {e.code} {_scrub(e.reason, url)}{tries}"
+                raise HTTPDownloadError(where, e.code, _failed(where, error, advice)) from None
             log.warning("%s answered %s; retrying in %.0f s as its Retry-After asks", where, e.code, delay)
             time.sleep(delay)
             out.seek(0)
@@ -302,38 +316,81 @@ def _request(url: str) -> urllib.request.Request:
     return req
 
 
+def _file_url_problem(url: str) -> str | None:
+    """Why urllib would misread ``url``, a ``file:`` URL, or None. It reads a host part as a path
+    (``file://data/x.tar.gz`` opens ``/x.tar.gz``), and a relative path turns absolute on the
+    way to the request (``file:x.tar.gz`` opens ``/x.tar.gz``)."""
+    parts = urllib.parse.urlsplit(url)
+    example = "a file URL takes an absolute path, like file:///mnt/mirror/archive.tar.gz"
+    if parts.netloc not in ("", "localhost"):
+        return f"{parts.netloc!r} is read as a host, not a folder ({example})"
+    if not parts.path.startswith("/"):
+        return f"{parts.path!r} is a relative path ({example})"
+    return None
+
+
+def _transient(reason: object, scheme: str) -> bool:
+    """Whether a failure to open a URL (the ``reason`` of urllib's ``URLError``) may clear up:
+    a network error may, a bad URL (a string reason), a certificate, a host name that does not
+    exist (only a lookup that could not be made is retried) or a local file (``file://``) will not."""
+    if not isinstance(reason, OSError) or isinstance(reason, ssl.SSLCertVerificationError):
+        return False
+    if isinstance(reason, socket.gaierror):
+        return reason.errno == socket.EAI_AGAIN
+    return scheme != "file"
+
+
+def _cannot_open(reason: object, url: str, scheme: str, advice: str) -> DownloadError:
+    """The error for a URL that could not be opened (``reason``: urllib's ``URLError.reason``)."""
+    if isinstance(reason, socket.gaierror):
+        detail = f"host name lookup failed ({_scrub(reason, url)})"
+    elif scheme == "file" and isinstance(reason, OSError) and reason.strerror:
+        detail = reason.strerror  # "No such file or directory": the URL already names the path
+    else:
+        detail = _scrub(reason, url)
+    error = TransientDownloadError if _transient(reason, scheme) else DownloadError
+    return error(_failed(public_url(url), detail, advice))
+
+
 def _stream(url: str, out: BinaryIO, timeout: float, advice: str) -> None:
     """One GET of ``url`` into ``out``. ``timeout`` bounds connecting and every single read, so a
     mirror that accepts the connection and then goes silent fails after ``timeout`` seconds
     instead of hanging forever. HTTP error statuses propagate as ``HTTPError``."""
     where = public_url(url)
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme == "file" and (problem := _file_url_problem(url)):
+        raise DownloadError(_failed(where, problem, advice))
     try:
         with urllib.request.urlopen(_request(url), timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
             got = 0
             while chunk := response.read(CHUNK):
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as e:  # the data dir's disk, not the download: not retried, no advice
+                    raise DownloadError(f"cannot save {where} in the data dir: {_one_line(e)}") from None
                 got += len(chunk)
     except urllib.error.HTTPError:
         raise
     except TimeoutError:  # socket.timeout: a read (or the status line) took longer than timeout
-        raise TransientDownloadError(f"{where} stalled: no data for {timeout:g} s; {advice}") from None
-    except urllib.error.URLError as e:  # could not connect (refused, unknown host, connect timeout)
+        raise TransientDownloadError(_failed(where, f"stalled, no data for {timeout:g} s", advice)) from None
+    except urllib.error.URLError as e:  # could not open (refused, unknown host, connect timeout, no such file)
         if isinstance(e.reason, TimeoutError):
-            raise TransientDownloadError(f"{where} did not answer within {timeout:g} s; {advice}") from None
-        # A network error may clear up; a bad URL (a string reason) or certificate will not.
-        retry = isinstance(e.reason, OSError) and not isinstance(e.reason, ssl.SSLCertVerificationError)
-        error = TransientDownloadError if retry else DownloadError
-        raise error(f"cannot download {where}: {_scrub(e.reason, url)}; {advice}") from None
-    except (http.client.HTTPException, ConnectionError) as e:  # the connection broke mid-answer
-        raise TransientDownloadError(f"connection to {where} lost ({type(e).__name__}: {_scrub(e, url)}); {advice}") from None
+            raise TransientDownloadError(_failed(where, f"no answer within {timeout:g} s", advice)) from None
+        raise _cannot_open(e.reason, url, scheme, advice) from None
+    except http.client.InvalidURL as e:  # e.g. a port that is not a number: the same every time
+        raise DownloadError(_failed(where, _scrub(e, url), advice)) from None
+    except (http.client.HTTPException, OSError) as e:  # the connection (or the file) broke mid-answer
+        lost = "reading the file failed" if scheme == "file" else "connection lost"
+        detail = f"{type(e).__name__}: {_scrub(e, url)}"
+        raise TransientDownloadError(_failed(where, f"{lost} ({detail})", advice)) from None
     except ValueError as e:  # not a URL urllib can fetch
-        raise DownloadError(f"cannot download {where}: {_scrub(e, url)}; {advice}") from None
+        raise DownloadError(_failed(where, _scrub(e, url), advice)) from None
     # http.client does not complain when the server closes before Content-Length: that is a
     # dropped connection (retry), not a wrong archive (a checksum mismatch, no retry).
     if expected is not None and got < expected:
-        raise TransientDownloadError(f"download from {where} ended early: {got} of {expected} bytes; {advice}")
+        raise TransientDownloadError(_failed(where, f"ended early, {got} of {expected} bytes", advice))
 
 
 # What a corrupt archive raises while being read; anything else (a full disk) is not the

@@ -1,7 +1,9 @@
 """Download fault matrix, the network rows: a mirror that stalls, a body cut short of its
-Content-Length, 503/429 with Retry-After, a refused connection, a 404, a wrong checksum. Each
-fault is injected by a real HTTP server on 127.0.0.1 (``fakes.FileServer``); the tests check
-what the user sees: the error text, the files left in the data dir, the requests the server got.
+Content-Length, 503/429 with Retry-After, a refused connection, a host name that does not
+resolve, a 404, a wrong checksum, a ``file://`` mirror (working, or pointing at nothing). Each
+network fault is injected by a real HTTP server on 127.0.0.1 (``fakes.FileServer``); the tests
+check what the user sees: the error text, the files left in the data dir, the requests the
+server got.
 
 Only names that existed before these faults were handled are imported at module level, so that
 against the old code each test fails on its assertions, not on an import.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import pickle
+import socket
 import time
 
 import fakes
@@ -18,6 +21,7 @@ import pytest
 
 from cifar_lit.data import cifar
 from cifar_lit.data.cifar import ChecksumError, download_cifar, load_cifar
+from cifar_lit.data.prepare import prepare_data
 from tasks.download import is_transient
 
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -161,3 +165,120 @@ def test_public_url_strips_credentials_and_query():
     assert strip("https://u:p@host.example:8443/a/b.tar.gz?token=x#frag") == "https://host.example:8443/a/b.tar.gz"
     assert strip("https://host.example/a.tar.gz") == "https://host.example/a.tar.gz"
     assert strip("http://[::1]:80/x?y") == "http://[::1]:80/x"
+
+
+# ---- 9. every download failure: one line, the URL, and every way out ------------------------------
+
+
+def _assert_one_line_with_the_ways_out(message: str, url: str, root) -> None:
+    """One short line that names ``url`` and, after it, each way out: another mirror
+    (``--download-url``, http(s) or file, with ``--download-md5``), the archive placed in the
+    data dir, or an image folder of one's own."""
+    assert "\n" not in message, message
+    assert len(message.replace(str(root), "").replace(url, "")) < 300, message
+    assert url in message, message
+    after = message.split(url, 1)[1]
+    for way in (
+        "--download-url",
+        "http",
+        "file://",
+        "--download-md5",
+        f"{ARCHIVE} in --data-dir {root}",
+        "--dataset imagefolder",
+    ):
+        assert way in after, f"{way!r} missing from: {message}"
+
+
+def _unresolvable(monkeypatch, host: str) -> None:
+    """``host`` does not exist, as a DNS server would say (no network needed: the lookup is faked)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(name, *args, **kwargs):
+        if name == host:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+# (fault, retried by the task?)
+FAILURES = [
+    ("404", False),
+    ("503", True),
+    ("refused", True),
+    ("unknown-host", False),  # a misspelt host stays misspelt: retrying only delays the message
+    ("stall", True),
+    ("short-read", True),
+    ("checksum", False),
+    ("file-missing", False),
+]
+
+
+@pytest.mark.parametrize("fault,transient", FAILURES, ids=[f for f, _ in FAILURES])
+def test_every_download_failure_is_one_line_with_the_ways_out(tmp_path, server, archives, monkeypatch, fault, transient):
+    root, md5 = tmp_path / "data", fakes.md5(archives["cifar10"])
+    url = server.url("/cifar10.tar.gz")
+    if fault == "404":
+        url = server.url("/missing.tar.gz")
+    elif fault == "503":  # still busy after the Retry-After waits (one here instead of 3)
+        monkeypatch.setattr(cifar, "RETRY_AFTER_WAITS", 1)
+        server.faults = [fakes.Fault(status=503, headers={"Retry-After": "0"}) for _ in range(5)]
+    elif fault == "refused":
+        url = fakes.refused_url("/cifar10.tar.gz")
+    elif fault == "unknown-host":
+        url = "http://mirror.example.invalid/cifar10.tar.gz"
+        _unresolvable(monkeypatch, "mirror.example.invalid")
+    elif fault == "stall":
+        monkeypatch.setenv("CIFAR_LIT_DOWNLOAD_TIMEOUT", "1")
+        server.faults = [fakes.Fault(stall_after=0)]
+    elif fault == "short-read":
+        server.faults = [fakes.Fault(truncate_to=100)]
+    elif fault == "checksum":
+        md5 = "0" * 32
+    else:
+        url = (tmp_path / "mirror" / ARCHIVE).as_uri()  # the mirror folder does not exist
+    with pytest.raises(Exception) as caught:
+        download_cifar("cifar10", root, url, md5)
+    _assert_one_line_with_the_ways_out(str(caught.value), url, root)
+    assert is_transient(caught.value) == transient, repr(caught.value)
+    if fault == "503":
+        assert "503" in str(caught.value) and [s for _, s in server.gets()] == [503, 503]
+    assert not (root / ARCHIVE).exists() and not fakes.leftovers(root)
+
+
+@pytest.mark.parametrize("form", ["file:///path", "file://localhost/path"])
+def test_file_mirror_works_end_to_end(tmp_path, server, archives, form):
+    """``--download-url file:///...``: a copy of the archive on a local or mounted disk is
+    fetched like any mirror (size checked, md5 checked, extracted), and gives the same data
+    fingerprint as the download of the same archive over HTTP. A space in the path is %20."""
+    data, md5 = archives["cifar10"], fakes.md5(archives["cifar10"])
+    mirror = tmp_path / "mirror dir" / "c10.tar.gz"
+    mirror.parent.mkdir()
+    mirror.write_bytes(data)
+    url = mirror.as_uri()
+    if form == "file://localhost/path":
+        url = url.replace("file://", "file://localhost", 1)
+    ref = prepare_data("cifar10", tmp_path / "data", url, md5)
+    assert load_cifar(ref.folder, "cifar10", train=True)[0].shape == (200, 32, 32, 3)
+    assert (ref.folder / cifar.MARKER).read_text().strip() == md5
+    assert mirror.read_bytes() == data  # the mirror is only read
+    over_http = prepare_data("cifar10", tmp_path / "other", server.url("/cifar10.tar.gz"), md5)
+    assert ref.fingerprint == over_http.fingerprint and ref.classes == over_http.classes
+    assert server.gets() == [("/cifar10.tar.gz", 200)]  # only the HTTP copy touched the network
+    assert prepare_data("cifar10", tmp_path / "data", url, md5).folder == ref.folder  # ready: no second copy
+
+
+@pytest.mark.parametrize("url", ["file://mirror/c10.tar.gz", "file:c10.tar.gz"], ids=["host-part", "relative"])
+def test_file_url_that_urllib_would_misread_is_a_clear_error(tmp_path, url, monkeypatch, archives):
+    """urllib opens ``/c10.tar.gz`` for both of these; the error says what a file URL looks like
+    instead, and is not retried. (Even with the archive in the working directory.)"""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "c10.tar.gz").write_bytes(archives["cifar10"])
+    (tmp_path / "c10.tar.gz").write_bytes(archives["cifar10"])
+    with pytest.raises(Exception) as caught:
+        download_cifar("cifar10", tmp_path / "data", url, fakes.md5(archives["cifar10"]))
+    message = str(caught.value)
+    assert "absolute path" in message and "file:///" in message, message
+    assert "\n" not in message and "--dataset imagefolder" in message, message
+    assert not is_transient(caught.value)
