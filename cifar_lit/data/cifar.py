@@ -8,6 +8,10 @@ a connection that closed early (retried) from a wrong archive (not retried), wai
 too (a mirror on a local or mounted disk). Every failure is one line: the URL tried, what went
 wrong, and the ways out (another mirror, the archive placed in the data dir, or an image folder).
 
+A folder that is already extracted is used without a network request when it carries our marker
+(written after we extract), or, for the official archive, when every file in it matches the md5
+published for it (torchvision's own download, an older run of ours): then the marker is written.
+
 One download at a time per data root: an ``fcntl.flock`` on a lock file there serialises
 concurrent first runs (the second waits, then finds the data ready). The archive is fetched to
 a temporary file of its own and renamed only once its md5 matches. Every member is checked
@@ -76,6 +80,10 @@ class CifarSource:
     meta_file: str
     label_key: str  # key of the labels inside each batch
     names_key: str  # key of the class names inside the meta file
+    # (file name, md5) of every file that the archive with md5 ``md5`` extracts to, as published
+    # with it: what lets a folder extracted by something else (torchvision) be verified. Empty:
+    # only our marker says a folder is good.
+    file_md5: tuple[tuple[str, str], ...] = ()
 
 
 def _source(cls: type[CIFAR10]) -> CifarSource:
@@ -90,6 +98,7 @@ def _source(cls: type[CIFAR10]) -> CifarSource:
         meta_file=cls.meta["filename"],
         label_key="fine_labels" if fine else "labels",
         names_key=cls.meta["key"],
+        file_md5=tuple((name, md5) for name, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]),
     )
 
 
@@ -161,9 +170,11 @@ def download_cifar(
     """Fetch, verify and extract ``dataset`` under ``root``; return the extracted folder.
 
     Does nothing when the folder is already there and was extracted from an archive with the
-    expected checksum, so a second call makes no network request. An archive already in
-    ``root`` with the expected md5 is used instead of downloading. ``timeout``: seconds without
-    progress before giving up (default: ``download_timeout()``).
+    expected checksum, so a second call makes no network request. A folder without that marker
+    (extracted by torchvision, or by an older run) is checked file by file when the expected
+    checksum is the official one, and used if every file matches; otherwise it is replaced. An
+    archive already in ``root`` with the expected md5 is used instead of downloading.
+    ``timeout``: seconds without progress before giving up (default: ``download_timeout()``).
     """
     src = SOURCES[dataset]
     url, md5 = url or src.url, (md5 or src.md5).lower()
@@ -175,7 +186,9 @@ def download_cifar(
     with _locked(root):
         if is_ready(folder, md5):  # another process made it ready while this one waited
             return folder
-        _clear_leftovers(root, src.filename)
+        _clear_leftovers(root, src.filename, folder)
+        if _adopt(folder, src, md5):
+            return folder
         archive = root / src.filename
         if not (archive.is_file() and calculate_md5(archive) == md5):
             _fetch(url, root, src.filename, md5, download_timeout() if timeout is None else timeout)
@@ -198,13 +211,75 @@ def _locked(root: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
-def _clear_leftovers(root: Path, filename: str) -> None:
-    """Delete temporary files that a killed run left in ``root``. Only the holder of the lock
-    writes them, so while this process holds it, any that exist are stale."""
+def _clear_leftovers(root: Path, filename: str, folder: Path) -> None:
+    """Delete temporary files that a killed run left in ``root`` (and a half-written marker in
+    ``folder``). Only the holder of the lock writes them, so while this process holds it, any
+    that exist are stale."""
     for stale in root.glob(f"{glob.escape(filename)}.*.part"):
         stale.unlink(missing_ok=True)
     for stale in root.glob(".extract-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    if folder.is_dir():
+        for stale in folder.glob(f"{glob.escape(MARKER)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def _adopt(folder: Path, src: CifarSource, md5: str) -> bool:
+    """True when ``folder``, extracted without our marker (by torchvision, or by an older run),
+    holds exactly the official files: each one's md5 is the one published for it. Then the
+    marker is written, so this check (about half a second of hashing) runs once, not on every
+    run. Only the official archive has per-file md5s; for a mirror's md5 the folder cannot be
+    checked and is replaced, as before. False also when there is no folder. Call under the lock."""
+    if not os.path.lexists(folder):
+        return False
+    if md5 != src.md5 or not src.file_md5:
+        log.warning(
+            "%s was not extracted from the archive with md5 %s (no marker for it), and only a copy of the "
+            "official archive can be checked file by file: replacing it with that archive's contents",
+            folder,
+            md5,
+        )
+        return False
+    why = _not_official(folder, src.file_md5)
+    if why:
+        log.warning("%s: %s; replacing the folder with the archive's contents", folder, why)
+        return False
+    try:
+        _write_marker(folder, md5)
+    except OSError as e:  # a read-only copy: still good data, checked again next time
+        log.warning("%s: every file checked, but the marker cannot be written (%s)", folder, _one_line(e))
+    log.info("%s: every file matches its official md5: using it without downloading", folder)
+    return True
+
+
+def _not_official(folder: Path, file_md5: tuple[tuple[str, str], ...]) -> str | None:
+    """Why ``folder`` is not the official set of files (the first one that is missing or differs), or None."""
+    if not folder.is_dir():
+        return "not a folder"
+    missing = [name for name, _ in file_md5 if not (folder / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    for name, want in file_md5:  # all present: hash them, stopping at the first mismatch
+        try:
+            got = calculate_md5(folder / name)
+        except OSError as e:
+            return f"{name} unreadable ({_one_line(e)})"
+        if got != want:
+            return f"{name} has md5 {got}, not the official {want}"
+    return None
+
+
+def _write_marker(folder: Path, md5: str) -> None:
+    """Write ``folder``'s marker through a temporary file and a rename: a crash never leaves a
+    marker that says less than the whole md5. (A name of its own rather than mkstemp, so that the
+    marker gets the umask's permissions, readable by whoever shares the data dir.)"""
+    tmp = folder / f"{MARKER}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "x") as f:
+            f.write(md5 + "\n")
+        os.replace(tmp, folder / MARKER)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _advice(filename: str, root: Path) -> str:
@@ -407,8 +482,10 @@ def _extract(archive: Path, root: Path, base_folder: str, md5: str) -> None:
             new = _unpack(archive, Path(tmp), base_folder)
             (new / MARKER).write_text(md5 + "\n")
             dest = root / base_folder
-            if dest.exists():
-                shutil.rmtree(dest)
+            if os.path.lexists(dest):
+                # Into the temporary folder, deleted with it: a folder with everything in it, but
+                # a link (a folder kept elsewhere) only as a link, never what it points to.
+                os.replace(dest, Path(tmp) / "replaced")
             os.replace(new, dest)
     except ArchiveError:
         archive.unlink(missing_ok=True)
