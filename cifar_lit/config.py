@@ -194,7 +194,7 @@ class TrainConfig(BaseModel):
     # data
     dataset: Literal["cifar10", "cifar100", "imagefolder"] = Field("cifar10", description="which dataset")
     data_dir: Path = Field(Path("data"), description="CIFAR download root, or the image folder (DIR/train/<class>/*)")
-    download_url: str | None = Field(None, description="mirror URL of the CIFAR archive (default: the official one)")
+    download_url: str | None = Field(None, description="mirror of the CIFAR archive, http(s):// or file:// (default: the official URL)")
     download_md5: str | None = Field(None, description="expected md5 of the archive at --download-url")
     val_size: int | float | None = Field(
         None,
