@@ -107,7 +107,7 @@ def test_wandb_offline_run_holds_metrics_predictions_and_test_results(make_confi
     names = "|".join(tested.classes)
     assert all(re.fullmatch(f"Pred: ({names}), Label: ({names})", c) for c in panels[0]["captions"])
     assert len(wb.values("predictions")) == 2  # the W&B Table of the same predictions
-    # After testing: the first 4 test images, captioned, once.
+    # After testing: 4 test images picked across the classes (seeded), captioned, once.
     (test_panel,) = wb.values("test/examples")
     assert len(test_panel["captions"]) == 4 and len(wb.values("test/predictions")) == 1
     assert all(re.fullmatch(f"Pred: ({names}), Label: ({names})", c) for c in test_panel["captions"])
@@ -117,8 +117,10 @@ def test_wandb_offline_run_holds_metrics_predictions_and_test_results(make_confi
     from PIL import Image
 
     from cifar_lit.data.cifar import load_cifar
+    from cifar_lit.data.panels import panel_indices
 
-    originals = load_cifar(cfg.data_dir / "cifar-10-batches-py", "cifar10", train=False)[0][:4]
+    images, labels = load_cifar(cfg.data_dir / "cifar-10-batches-py", "cifar10", train=False)
+    originals = images[panel_indices(labels, 4, cfg.seed)]
     logged = np.stack([np.asarray(Image.open(run_dir / "files" / f).convert("RGB")) for f in test_panel["filenames"]])
     assert logged.shape == originals.shape and np.abs(logged.astype(int) - originals.astype(int)).max() <= 1
     assert wb.summary["test_acc"] == pytest.approx(tested.metrics["test_acc"])
