@@ -17,6 +17,11 @@ bench/out/results.json:
       that starts Prefect's ephemeral API), and the download + split time of a cached re-run
   (e) peak resident memory of the default recipe's fit + test process, and of the fast data path
       alone per 10,000 images (`--only memory` runs just that row)
+  (f) start-up: `train_flow.py --help` against `python -c "import pydantic"`, and the fixed cost
+      of a cached re-run from the command line (wall time minus fit and test) on a 2,000-image
+      folder: Python, imports, the Prefect API (temporary, then a dedicated server), W&B
+      offline, export, promote, shutdown (`--only startup` runs just these rows; `--root DIR`
+      measures another checkout)
 
 Each recipe trains in its own process so that (e) measures it alone.
 """
@@ -252,6 +257,86 @@ def flow_overhead(data_dir: Path) -> dict:
     }
 
 
+def _wall(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def startup(data_dir: Path, root: Path = ROOT, repeats: int = 5) -> dict:
+    """(f): medians of ``repeats`` runs, each command a fresh process as a user starts it. The
+    fixed cost of a run is its wall time minus fit and test (from its summary.json); measured
+    with Prefect's temporary API server (no PREFECT_API_URL, what a first user gets) and with a
+    dedicated one (`prefect server start`, the setup Prefect recommends)."""
+    import shutil
+    import statistics
+
+    small = OUT / "startup-2000"
+    if not (small / "train").is_dir():  # 200 images of each class: fit and test take seconds
+        for cls in sorted(p for p in (data_dir / "train").iterdir() if p.is_dir()):
+            (small / "train" / cls.name).mkdir(parents=True, exist_ok=True)
+            for img in sorted(cls.iterdir())[:200]:
+                shutil.copy(img, small / "train" / cls.name / img.name)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+           "WANDB_DIR": str(OUT / "startup-wandb"), "PREFECT_HOME": str(OUT / "startup-prefect")}
+    env.pop("PREFECT_API_URL", None)  # the temporary API, as on a first run
+    flow = [sys.executable, str(root / "flows" / "train_flow.py")]
+    pydantic = statistics.median(_wall([sys.executable, "-c", "import pydantic"], env) for _ in range(repeats))
+    help_ = statistics.median(_wall([*flow, "--help"], env) for _ in range(repeats))
+    runs = OUT / f"startup-runs-{int(time.time())}"
+    args = ["--dataset", "imagefolder", "--data-dir", str(small), "--test-size", "200", "--seed", "0",
+            "--max-epochs", "1", "--wandb-mode", "offline", "--runs-dir", str(runs), "--accelerator", "cpu"]
+    _wall([*flow, *args], env)  # fills the download and split caches and the registry
+
+    def reruns(env: dict, tag: str) -> tuple[float, float]:
+        fixed, walls = [], []
+        for i in range(3):
+            out = runs / f"{tag}-{i}"
+            wall = _wall([*flow, *args, "--force", "--output-dir", str(out)], env)
+            summary = json.loads((out / "summary.json").read_text())
+            walls.append(wall)
+            # An older checkout's summary has no test_seconds: its test time then counts as fixed.
+            fixed.append(wall - summary["fit_seconds"] - (summary.get("test_seconds") or 0))
+        return statistics.median(walls), statistics.median(fixed)
+
+    temp_wall, temp_fixed = reruns(env, "temporary")
+    port = 4299
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port)], env={**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        dedicated_wall, dedicated_fixed = reruns({**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, "dedicated")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"pydantic_import_seconds": round(pydantic, 3), "help_seconds": round(help_, 3),
+            "help_ratio": round(help_ / pydantic, 1), "rerun_wall_seconds": round(temp_wall, 2),
+            "rerun_fixed_seconds": round(temp_fixed, 2), "dedicated_rerun_wall_seconds": round(dedicated_wall, 2),
+            "dedicated_rerun_fixed_seconds": round(dedicated_fixed, 2), "root": str(root)}
+
+
+def startup_rows(f: dict) -> list[tuple[str, str, str]]:
+    return [
+        ('(f) python -c "import pydantic"', f"{f['pydantic_import_seconds']:.2f} s", "baseline"),
+        ("(f) train_flow.py --help", f"{f['help_seconds']:.2f} s", f"{f['help_ratio']:.1f}x"),
+        ("(f) cached re-run, 2,000 images, 1 epoch, temporary Prefect API", f"{f['rerun_wall_seconds']:.1f} s wall",
+         f"fixed cost (wall - fit - test) {f['rerun_fixed_seconds']:.1f} s, median of 3"),
+        ("(f) the same with a dedicated Prefect server", f"{f['dedicated_rerun_wall_seconds']:.1f} s wall",
+         f"fixed cost {f['dedicated_rerun_fixed_seconds']:.1f} s, median of 3"),
+    ]
+
+
 def machine() -> dict:
     import lightning
     import prefect
@@ -310,7 +395,7 @@ def table(r: dict) -> str:
         ("(d) cached re-run: download + split", f"{d['rerun_download_split_seconds']:.2f} s",
          "/".join(d["rerun_states"].values())),
         ("(e) peak RSS, default recipe", f"{a_fast['peak_rss_mib']:,.0f} MiB", ""),
-    ] + memory_rows(r["memory"])
+    ] + memory_rows(r["memory"]) + startup_rows(r["startup"])
     width = max(len(x[0]) for x in rows)
     lines = [f"{m['cpu']}, {m['cores']} cores, AMX: {m['amx']}, matmul fp32 {m['matmul_gflops']['float32']} / "
              f"bf16 {m['matmul_gflops']['bfloat16']} GFLOP/s; torch {m['torch']}, Lightning {m['lightning']}, "
@@ -328,7 +413,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=OUT / "cifar10-jpeg")
     parser.add_argument("--child", choices=["fit", "flow", "memory"], help=argparse.SUPPRESS)
-    parser.add_argument("--only", choices=["memory"], help="run one measurement: memory, the (e) data-path row")
+    parser.add_argument("--only", choices=["memory", "startup"],
+                        help="run one measurement: memory, the (e) data-path row; startup, the (f) rows")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose start-up (f) measures")
     parser.add_argument("--recipe", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--split", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -344,6 +431,11 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     unpack(TARBALL, args.data_dir)
+    if args.only == "startup":
+        start = startup(args.data_dir, args.root.resolve())
+        (OUT / "startup.json").write_text(json.dumps({"machine": machine(), "startup": start}, indent=2))
+        print("\n".join(f"{a}  {b}  {c}" for a, b, c in startup_rows(start)))
+        return
     splits = prepare(args.data_dir)
     memory = child("--child", "memory", "--data-dir", str(args.data_dir), "--split", str(splits["cpu-fast"]))
     if args.only == "memory":
@@ -361,6 +453,8 @@ def main() -> None:
     results["overhead"] = lightning_vs_plain(args.data_dir, splits["cpu-fast"])
     print("the whole flow, twice ...", flush=True)
     results["flow"] = child("--child", "flow", "--data-dir", str(args.data_dir))
+    print("start-up ...", flush=True)
+    results["startup"] = startup(args.data_dir)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     print()
     print(table(results))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -141,11 +142,23 @@ def wants_gpu(accelerator: str) -> bool:
     """True when training will run on a CUDA GPU (``auto`` asks torch)."""
     if accelerator in ("gpu", "cuda"):
         return True
-    if accelerator != "auto":
+    if accelerator != "auto" or not gpu_driver_loaded():
         return False
-    import torch  # lazy: keeps the CLI's validation fast when no auto recipe is involved
+    import torch  # lazy, and only where a GPU may exist: importing torch takes seconds
 
     return torch.cuda.is_available()
+
+
+# What a loaded NVIDIA (or AMD ROCm) kernel driver exposes on Linux, containers included.
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
+
+
+def gpu_driver_loaded() -> bool:
+    """False when this Linux machine has no GPU driver, so torch cannot see a GPU either: the
+    recipe is then decided without importing torch. Elsewhere, True (torch is asked)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(Path(p).exists() for p in GPU_DRIVER_PATHS)
 
 def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU reports AMX bf16 tiles (Linux; False where that cannot be read)."""
@@ -194,7 +207,9 @@ class TrainConfig(BaseModel):
     # data
     dataset: Literal["cifar10", "cifar100", "imagefolder"] = Field("cifar10", description="which dataset")
     data_dir: Path = Field(Path("data"), description="CIFAR download root, or the image folder (DIR/train/<class>/*)")
-    download_url: str | None = Field(None, description="mirror of the CIFAR archive, http(s):// or file:// (default: the official URL)")
+    download_url: str | None = Field(
+        None, description="mirror of the CIFAR archive, http(s):// or file:// (default: the official URL)"
+    )
     download_md5: str | None = Field(None, description="expected md5 of the archive at --download-url")
     val_size: int | float | None = Field(
         None,

@@ -32,6 +32,7 @@ def build_summary(
         "val_loss": fit["metrics"].get("val_loss"),
         "epochs_completed": fit["epochs_completed"],
         "fit_seconds": fit["fit_seconds"],
+        "test_seconds": test.get("test_seconds"),
         "resumed_from": fit.get("resumed_from"),
         "best_checkpoint": fit["best_checkpoint"],
         "last_checkpoint": fit["last_checkpoint"],

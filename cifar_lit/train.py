@@ -53,6 +53,7 @@ class EvalResult:
     per_class: list[dict]  # rows of the per-class accuracy table
     confusion: list[list[int]]  # rows: true class, columns: predicted
     classes: list[str] = field(default_factory=list)
+    test_seconds: float = 0.0  # wall time of trainer.test
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -229,8 +230,10 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     trainer = _trainer(
         config, "test", callbacks, steps_per_epoch=1, devices=1, strategy="auto", num_nodes=1, enable_progress_bar=False
     )
+    t0 = time.perf_counter()
     metrics = {k: float(v) for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items()}
+    test_seconds = time.perf_counter() - t0
     confusion = model.confusion
     table = per_class_table(confusion, dm.classes)
     log_test_results(metrics, table, confusion, dm.classes)
-    return EvalResult(metrics, table.to_dict("records"), confusion.long().tolist(), dm.classes)
+    return EvalResult(metrics, table.to_dict("records"), confusion.long().tolist(), dm.classes, round(test_seconds, 3))

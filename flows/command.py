@@ -32,6 +32,48 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+class TemporaryAPI:
+    """Prefect's temporary API server, started in a background thread as early as possible.
+
+    Without ``PREFECT_API_URL``, the first flow call starts a local API server (a second process)
+    and waits for it: about 8 s on a 2-core machine, after this process's own imports of torch
+    and Lightning (about 7 s). Started here, right after the flags are parsed, the server boots
+    on the other core while this process imports; the flow then finds it running (Prefect keeps
+    one server per process). ``wait()`` before the first flow call; it re-raises a failed start.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+        if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+            return  # a configured server (or none allowed): nothing to start
+        # Imported here, in this thread: importing it concurrently with torch could deadlock
+        # on a circular import between the two threads.
+        from prefect.server.api.server import SubprocessASGIServer
+
+        self.thread = threading.Thread(target=self._start, args=(SubprocessASGIServer(),), daemon=True,
+                                       name="prefect-temporary-api")
+        self.thread.start()
+
+    def _start(self, server) -> None:
+        try:
+            server.start()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread by wait()
+            self.error = e
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 def one_line_errors() -> tuple[type[BaseException], ...]:
     """Failures whose message already says what went wrong and what to do: a traceback adds
     nothing for the user (the Prefect UI still gets it)."""

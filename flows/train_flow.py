@@ -17,15 +17,15 @@ import re
 import sys
 from pathlib import Path
 
-from flows.command import prefect_defaults, run_or_exit
+from flows.command import TemporaryAPI, prefect_defaults, run_or_exit
 
 PROG = "train_flow.py"
+prefect_defaults()
 if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
     from cifar_lit.cli import parse_config
 
     CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG)
-
-prefect_defaults()
+    API = TemporaryAPI()  # boots while torch and Lightning are imported below
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.runtime import flow_run
@@ -147,7 +147,7 @@ def _exported(config: TrainConfig, state) -> tuple[dict, str | None]:
     return local, message
 
 
-def main(argv: list[str] | None = None, config: TrainConfig | None = None) -> dict:
+def main(argv: list[str] | None = None, config: TrainConfig | None = None, api: TemporaryAPI | None = None) -> dict:
     """The command line: flags (or an already parsed ``config``) to a finished run. A failure
     the user can act on (no network, a bad folder, a diverged fit) ends with one line, exit 1."""
     from cifar_lit.cli import fail, flag, parse_config
@@ -159,11 +159,17 @@ def main(argv: list[str] | None = None, config: TrainConfig | None = None) -> di
     except (MachineError, OutputDirError) as e:
         field, _, message = str(e).partition(": ")
         fail(PROG, f"{flag(field)}: {message}")
-    return run_or_exit(PROG, lambda: train_flow(config))
+
+    def run() -> dict:
+        if api is not None:
+            api.wait()
+        return train_flow(config)
+
+    return run_or_exit(PROG, run)
 
 
 if __name__ == "__main__":
     from cifar_lit.signals import exit_cleanly_on_signals
 
     exit_cleanly_on_signals()
-    main(config=CLI_CONFIG)
+    main(config=CLI_CONFIG, api=API)

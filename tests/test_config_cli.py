@@ -32,6 +32,18 @@ def test_auto_recipe_follows_the_hardware():
     assert TrainConfig().recipe == ("gpu-fast" if torch.cuda.is_available() else "cpu-fast")
 
 
+def test_without_a_gpu_driver_the_recipe_is_chosen_without_asking_torch(monkeypatch, tmp_path):
+    import torch
+
+    from cifar_lit import config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what torch would say on a GPU machine
+    monkeypatch.setattr(config, "GPU_DRIVER_PATHS", (str(tmp_path / "nvidiactl"),))
+    assert not config.gpu_driver_loaded() and TrainConfig().recipe == "cpu-fast"  # torch not asked
+    (tmp_path / "nvidiactl").touch()
+    assert config.gpu_driver_loaded() and TrainConfig().recipe == "gpu-fast"  # a driver: torch decides
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_validates_and_fills_every_recipe_field(name):
     c = TrainConfig(recipe=name)
@@ -193,6 +205,20 @@ def test_script_help_answers_without_torch_prefect_or_wandb():
     assert "--compile, --no-compile" in text and "--force, --no-force" in text  # booleans are switches
     predict = _light("flows/predict_flow.py", "--help")
     assert predict.returncode == 0 and "--registry-dir" in predict.stdout, predict.stderr
+
+
+def test_valid_flags_validate_without_torch_on_a_machine_without_gpu_driver():
+    from cifar_lit.config import gpu_driver_loaded
+
+    if gpu_driver_loaded():
+        pytest.skip("this machine has a GPU driver: choosing the auto recipe asks torch")
+    code = WITHOUT_HEAVY_IMPORTS.split("script, *args")[0] + (
+        "from cifar_lit.cli import parse_config\n"
+        "c = parse_config(['--max-epochs', '3'])\n"
+        "print(c.recipe, c.max_epochs, c.precision)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:2] == ["cpu-fast", "3"]
 
 
 @pytest.mark.parametrize(
