@@ -258,11 +258,17 @@ def flow_overhead(data_dir: Path) -> dict:
 
 
 def _wall(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    """Seconds until the command's process exits, as a shell prompt returns: output goes to a
+    file, since a pipe would also wait for grandchildren (W&B's service) that keep it open."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
+        seconds = time.perf_counter() - t0
+        if code != 0:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read()[-3000:]}")
     return seconds
 
 
