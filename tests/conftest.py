@@ -3,14 +3,18 @@ image folders, and a shrunken real TrainConfig (CPU, no workers, few images)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# Before Prefect or W&B are imported anywhere: keep their state out of the user's home.
+# Before Prefect or W&B are imported anywhere: keep their state out of the user's home, in a
+# folder removed when the session ends (atexit: after the Prefect test server has stopped).
 _STATE = Path(tempfile.mkdtemp(prefix="cifar-lit-tests-"))
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(_STATE / "prefect")
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_STATE / "prefect" / "storage")
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
