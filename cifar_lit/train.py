@@ -2,8 +2,6 @@
 
 Prefect tasks wrap them one to one; they also run on their own (no Prefect, W&B optional):
 
-    from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
-from cifar_lit.config import NOT_EFFECTIVE, TrainConfig
     from cifar_lit.train import evaluate, fit
     cfg = TrainConfig(output_dir="runs/try").with_output_dir()
     result = fit(cfg, split_file)   # split_file from cifar_lit.data.split.make_split
