@@ -25,6 +25,7 @@ from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.model_file import from_checkpoint, safe_load
 from cifar_lit.models import build_model
 from cifar_lit.module import LitClassifier
+from cifar_lit.quality import collapse_warnings
 from cifar_lit.rundir import OutputDirError
 from cifar_lit.tracking import log_test_results, make_loggers, per_class_table
 
@@ -52,6 +53,9 @@ class EvalResult:
     confusion: list[list[int]]  # rows: true class, columns: predicted
     classes: list[str] = field(default_factory=list)
     test_seconds: float = 0.0  # wall time of trainer.test
+    # A model that collapsed (one class for nearly every image, or no better than always
+    # guessing the largest class), one readable line per problem; see cifar_lit.quality.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -234,4 +238,9 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     confusion = model.confusion
     table = per_class_table(confusion, dm.classes)
     log_test_results(metrics, table, confusion, dm.classes)
-    return EvalResult(metrics, table.to_dict("records"), confusion.long().tolist(), dm.classes, round(test_seconds, 3))
+    warnings = collapse_warnings(confusion.long().tolist(), dm.classes)
+    for line in warnings:
+        log.warning("%s: %s", config.model, line)
+    return EvalResult(
+        metrics, table.to_dict("records"), confusion.long().tolist(), dm.classes, round(test_seconds, 3), warnings
+    )
