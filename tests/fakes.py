@@ -141,6 +141,23 @@ def image_folder(
     return root
 
 
+def layout(root: Path, counts: dict[str, dict[str, int]], size: int = 8, seed: int = 0) -> Path:
+    """An image folder of any layout: ``counts[folder][class_path]`` PNGs of size x size pixels
+    in ``root/folder/class_path/``, e.g. ``{"train": {"cat": 3, "dog/2019/may": 2}, "val":
+    {"cat": 1}}`` (dog's images one level deep). Colour and stripes follow the class (the first
+    part of ``class_path``), so every image differs and its class is learnable."""
+    rng = np.random.default_rng(seed)
+    classes = sorted({c.split("/")[0] for per in counts.values() for c in per})
+    for folder, per in counts.items():
+        for class_path, n in per.items():
+            out = root / folder / class_path
+            out.mkdir(parents=True, exist_ok=True)
+            label = classes.index(class_path.split("/")[0])
+            for i, img in enumerate(class_images(np.full(n, label), len(classes), rng, size)):
+                Image.fromarray(img).save(out / f"{i:03d}.png")
+    return root
+
+
 @dataclass
 class Fault:
     """What the server does to one GET instead of answering it normally.

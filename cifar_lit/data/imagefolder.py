@@ -1,7 +1,8 @@
 """Image-folder datasets: ``DIR/train/<class>/*`` and an optional ``DIR/test/<class>/*``.
 
 Class names are the folder names under ``train/``, sorted; a class folder may be a symlink
-(followed). Every file is decoded once while scanning, exactly as training decodes it. A file
+(followed). Every file is decoded once while scanning, exactly as training decodes it
+(``to_rgb8``: any PIL mode as 8-bit RGB, EXIF orientation applied). A file
 that cannot be used (not an image PIL reads, a decompression bomb, a broken symlink or a
 symlink loop, a FIFO, a name that is not UTF-8, a read error) is skipped with a warning and a
 reason (``bad_images="skip"``, the default: one corrupt file should not cost a nightly retrain)
@@ -24,13 +25,19 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 SIZE = 32
 CACHE_DIR = ".cifar_lit"  # derived files beside the data (cifar_lit.data.prepare.cache_dir)
 # What a run's output dir holds (cifar_lit.rundir takes .lock before anything else is written).
 RUN_FILES = frozenset({".lock", "summary.json", "split.json", "checkpoints"})
+# Part of every fingerprint: bump it when the same files would give other samples or pixels
+# (the decoding, the walk, the layout), so caches keyed by the fingerprint (manifests, tensor
+# caches, splits) are made again instead of serving what the old code derived.
+# 2: to_rgb8 (16-bit, float, alpha on white, EXIF orientation).
+SCAN_FORMAT = 2
 
 
 class DataError(ValueError):
@@ -215,8 +222,48 @@ def stat_signature(root: Path) -> str:
     return h.hexdigest()
 
 
+# ---- decoding -----------------------------------------------------------------------------------
+
+ORIENTATION = 0x0112  # the EXIF tag
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _grey(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(values.astype(np.uint8)).convert("RGB")  # 2-D uint8: mode L
+
+
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB at its own size, its EXIF orientation applied.
+
+    - 16-bit greyscale (``I;16``, ``I;16B``, ...; ``I`` is read as 16-bit, as PIL opens some
+      16-bit files) scales by the bit depth, 65535 -> 255 (PIL's own convert clips at 255).
+    - 32-bit float (``F``) is read as [0, 1] (the float-image convention of numpy, torchvision
+      and scikit-image), clipped; NaN is black.
+    - Transparency (an alpha channel, or a palette's or colour key's ``transparency``) is
+      composited onto white: what a viewer shows on a white page, and the same colour for every
+      transparent pixel whatever RGB it happens to store (dropping alpha would show that).
+    - Everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ...) by PIL's ``convert("RGB")``.
+    """
+    try:
+        if im.getexif().get(ORIENTATION, 1) != 1:  # checked first: exif_transpose copies even upright images
+            im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: the pixels as stored are still an image
+        pass
+    if im.mode in SIXTEEN_BIT:
+        a = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+        return _grey((a * 255 + 32767) // 65535)
+    if im.mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        return _grey(np.rint(np.clip(a, 0.0, 1.0) * 255))
+    if im.mode in ALPHA_MODES or "transparency" in im.info:
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
+    return im.convert("RGB")
+
+
 def _rgb32(im: Image.Image) -> Image.Image:
-    im = im.convert("RGB")
+    im = to_rgb8(im)
     if im.size != (SIZE, SIZE):
         im = im.resize((SIZE, SIZE), Image.BILINEAR)
     return im
@@ -302,7 +349,7 @@ def scan_imagefolder(root: Path, bad_images: str = "skip", exclude=()) -> Scan:
         extra = set(_class_folders(root, "test", exclude)) - set(classes)
         if extra:
             raise DataError(f"data_dir: {root / 'test'} has classes missing from train/: {', '.join(sorted(extra))}")
-    h, skipped = hashlib.sha256(), []
+    h, skipped = hashlib.sha256(f"image folder, scan format {SCAN_FORMAT}\n".encode()), []
     train = _scan_split(root, "train", classes, bad_images, h, skipped)
     if not train:
         raise DataError(f"data_dir: {root / 'train'} holds no readable images")
@@ -322,7 +369,8 @@ def scan_imagefolder(root: Path, bad_images: str = "skip", exclude=()) -> Scan:
 
 
 def load_rgb32(path: Path) -> Image.Image:
-    """Any PIL-readable image as 32x32 RGB: greyscale, palette and RGBA become RGB, and other
-    sizes are resized (bilinear, aspect ratio not kept) to the 32x32 the models expect."""
+    """Any PIL-readable image as 32x32 8-bit RGB (``to_rgb8``: every mode, transparency on
+    white, EXIF orientation), other sizes resized (bilinear, aspect ratio not kept) to the
+    32x32 the models expect."""
     with Image.open(path) as im:
         return _rgb32(im)
