@@ -42,6 +42,9 @@ def build_summary(
         "skipped_images": len(skipped or []),
         "skipped_files": skipped or [],  # [path, reason] of each image file left out
         "per_class": test["per_class"],
+        # A model that collapsed onto one class, or does no better than guessing the largest
+        # one: the run still completes (its numbers are true), but says so everywhere it reports.
+        "warnings": list(test.get("warnings") or []),
         "wandb": wandb,
         "model_files": export["files"] if export else None,
         "model_artifact": {k: v for k, v in export.items() if k not in ("metadata", "files")} if export else None,
@@ -117,10 +120,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     verdict = (f"**Promotion**: {'promoted to ' + promo['version'] if promo['promoted'] else 'not promoted'}: {promo['reason']}"
                if promo else "**Promotion**: not reached")
     cfg = ["| field | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in summary["config"].items()]
+    warnings = [f"- **Warning**: {w}" for w in summary.get("warnings") or []]
     return "\n".join(
         [
             f"# Run summary: {summary['config']['dataset']} / {summary['config']['model']}",
             "",
+            *([*warnings, ""] if warnings else []),
             *rows,
             "",
             verdict,

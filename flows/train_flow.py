@@ -121,6 +121,8 @@ def _train(config: TrainConfig) -> dict:
     create_table_artifact(
         json_safe(tested["per_class"]), key=_artifact_key(config, "per-class"), description="per-class test accuracy"
     )
+    for warning in summary["warnings"]:
+        logger.warning("the model may not have learned: %s", warning)
     logger.info("test_acc %.4f; %s; summary: %s", summary["test_acc"], promotion["reason"], out / "summary.json")
     if export_error:  # everything else is done and on disk; the run must still not look Completed
         return Failed(message=export_error, data=summary)

@@ -211,3 +211,35 @@ def test_ddp_on_two_cpu_processes_end_to_end(make_config, tmp_path):
         steps = max(int(r["step"]) for r in csv.DictReader(f))
     assert steps == 2 * 5 - 1
     assert _task_runs(run_id)["export"].state.is_completed()
+
+
+def test_a_collapsed_model_completes_with_its_warnings_in_the_summary_and_the_ui(make_config, tmp_path):
+    """The numbers are true, so the run completes; the collapse is said in summary.json and at
+    the top of the run summary artifact, not only in a log line."""
+    import torch
+
+    from cifar_lit.models import MODELS, register
+    from cifar_lit.models.seed_cnn import SeedCNN
+
+    def answers_cat(num_classes: int) -> SeedCNN:  # class 3 ('cat') for every image
+        net = SeedCNN(num_classes)
+        with torch.no_grad():
+            net.fc3.bias.zero_()
+            net.fc3.bias[3] = 100.0
+        return net
+
+    register("answers_cat")(answers_cat)
+    try:
+        cfg = make_config(model="answers_cat", max_epochs=1, lr=1e-6, wandb_mode="disabled", prediction_samples=0,
+                          output_dir=tmp_path / "run")
+        state, run_id = _run(cfg)
+    finally:
+        MODELS.pop("answers_cat")
+    assert state.is_completed(), state.message
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [w.split(" (")[0] for w in summary["warnings"]] == [
+        "predicts 'cat' for 100% of the test images",
+        "test accuracy 10.0%",
+    ]
+    shown = _artifacts(run_id)["markdown"].data
+    assert all(f"**Warning**: {w}" in shown for w in summary["warnings"])
