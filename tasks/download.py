@@ -17,18 +17,20 @@ from cifar_lit.data.imagefolder import stat_signature
 from cifar_lit.data.prepare import DataRef, cache_dir, prepare_data
 
 
-def data_state(dataset: str, data_dir: Path, download_md5: str | None) -> str | None:
+def data_state(dataset: str, data_dir: Path, download_md5: str | None, val_dir: Path | None = None,
+               test_dir: Path | None = None) -> str | None:
     """What identifies the prepared data on disk; None when it is not there (yet).
 
     CIFAR: the expected archive checksum, once an archive with it was extracted. Image folders:
-    names, sizes and mtimes of every file, so any edit invalidates the cache.
+    names, sizes and mtimes of every file (train, val and test folders, at any depth), so any
+    edit invalidates the cache.
     """
     root = Path(data_dir).resolve()
     if dataset in SOURCES:
         md5 = (download_md5 or SOURCES[dataset].md5).lower()
         return md5 if is_ready(root / SOURCES[dataset].base_folder, md5) else None
     # The scan's manifest must be there too: a cached result pointing at a deleted one is stale.
-    return stat_signature(root) if any(cache_dir(root).glob("manifest-*.json")) else None
+    return stat_signature(root, (val_dir, test_dir)) if any(cache_dir(root).glob("manifest-*.json")) else None
 
 
 def stage_code() -> str:
@@ -39,14 +41,16 @@ def stage_code() -> str:
 
 
 def _cache_key(context, parameters) -> str:
-    """(dataset, data root, expected checksum, bad_images, the stage's code). The flow refreshes
-    this cache when ``data_state`` says the data is gone, so a deleted folder is fetched again."""
+    """(dataset, data root, expected checksum, bad_images, the val/test folders chosen, the
+    stage's code). The flow refreshes this cache when ``data_state`` says the data is gone, so a
+    deleted folder is fetched again."""
     p = parameters
     root = Path(p["data_dir"]).resolve()
+    folders = (p.get("val_dir"), p.get("test_dir"))
     if p["dataset"] in SOURCES:
         expected = (p["download_md5"] or SOURCES[p["dataset"]].md5).lower()
     else:
-        expected = stat_signature(root)
+        expected = stat_signature(root, folders) + f"|val_dir {folders[0]}|test_dir {folders[1]}"
     key = f"{p['dataset']}|{root}|{expected}|{p['bad_images']}|{stage_code()}"
     return "download-" + hashlib.sha256(key.encode()).hexdigest()
 
@@ -82,7 +86,10 @@ def download_data(
     download_md5: str | None,
     bad_images: str = "skip",
     exclude: tuple[Path, ...] = (),
+    val_dir: Path | None = None,
+    test_dir: Path | None = None,
 ) -> DataRef:
     """Download, checksum and extract CIFAR, or scan and fingerprint an image folder (never
-    reading the run's own output or registry dirs as classes)."""
-    return prepare_data(dataset, data_dir, download_url, download_md5, bad_images, exclude)
+    reading the run's own output or registry dirs as classes; ``val_dir``/``test_dir``: its
+    validation and test folders when not DIR/val and DIR/test)."""
+    return prepare_data(dataset, data_dir, download_url, download_md5, bad_images, exclude, val_dir, test_dir)

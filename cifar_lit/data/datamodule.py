@@ -82,13 +82,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def _prepare(self) -> DataRef:
         c = self.config
-        return prepare_data(c.dataset, c.data_dir, c.download_url, c.download_md5, c.bad_images)
+        return prepare_data(c.dataset, c.data_dir, c.download_url, c.download_md5, c.bad_images,
+                            val_dir=c.val_dir, test_dir=c.test_dir)
 
     def _read_split(self) -> dict:
         if self.split is None:
             if self.split_file is None:
                 c = self.config
-                made = make_split(self._prepare(), c.val_size, c.test_size, c.seed, c.data_dir)
+                made = make_split(self._prepare(), c.val_size, c.test_size, c.seed, c.data_dir, c.min_per_class)
                 self.split_file = stage_split(made, c.out)
             self.split = read_split(self.split_file)
         return self.split

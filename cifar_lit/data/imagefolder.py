@@ -1,17 +1,27 @@
-"""Image-folder datasets: ``DIR/train/<class>/*`` and an optional ``DIR/test/<class>/*``.
+"""Image-folder datasets: ``DIR/train/<class>/...``, with optional validation and test folders.
 
-Class names are the folder names under ``train/``, sorted; a class folder may be a symlink
-(followed). Every file is decoded once while scanning, exactly as training decodes it
-(``to_rgb8``: any PIL mode as 8-bit RGB, EXIF orientation applied). A file
-that cannot be used (not an image PIL reads, a decompression bomb, a broken symlink or a
-symlink loop, a FIFO, a name that is not UTF-8, a read error) is skipped with a warning and a
-reason (``bad_images="skip"``, the default: one corrupt file should not cost a nightly retrain)
-or stops the scan with one line naming it and the reason (``"error"``). Skipped files are
-counted in the run summary. Hidden files and folders are ignored.
+Layout. ``train/`` is required; its class folders name the classes (sorted; a class folder may
+be a symlink, followed). The validation folder is ``--val-dir``, else the first of ``val/``,
+``valid/``, ``validation/`` present; the test folder is ``--test-dir``, else ``test/`` if present
+(``--val-dir``/``--test-dir`` are absolute or relative to DIR). Their classes must be a subset of
+train's. ``cifar_lit.data.split`` holds out from train whatever split has no folder.
+
+Every image under a class folder counts, at any depth (like torchvision's ``ImageFolder``), in
+a deterministic order: name by name, depth first. Folders are followed through symlinks; one
+that leads back to a folder above it (a symlink loop) is skipped with a reason, not walked forever.
+
+Every file is decoded once while scanning, exactly as training decodes it (``to_rgb8``: any PIL
+mode as 8-bit RGB, EXIF orientation applied). A file that cannot be used (not an image PIL
+reads, a decompression bomb, a broken symlink or a symlink loop, a FIFO, a name that is not
+UTF-8, a read error, a folder that cannot be listed) is skipped with a warning and a reason
+(``bad_images="skip"``, the default: one corrupt file should not cost a nightly retrain) or stops
+the scan with one line naming it and the reason (``"error"``). Skipped files are counted in the
+run summary. Hidden files and folders are ignored.
 
 Whatever would make a wrong model is an error instead: no class folders, a single class, a
-class without one readable image, a class folder link whose target is missing, and a run's
-output dir inside ``train/`` or ``test/`` (it would become a class).
+class without one readable image, a class in a val/test folder that train lacks, a class folder
+link whose target is missing, and a run's output dir inside a data folder (it would become a
+class, or its files images).
 """
 
 from __future__ import annotations
@@ -33,10 +43,11 @@ SIZE = 32
 CACHE_DIR = ".cifar_lit"  # derived files beside the data (cifar_lit.data.prepare.cache_dir)
 # What a run's output dir holds (cifar_lit.rundir takes .lock before anything else is written).
 RUN_FILES = frozenset({".lock", "summary.json", "split.json", "checkpoints"})
+VAL_FOLDERS = ("val", "valid", "validation")  # the first present is the validation folder
 # Part of every fingerprint: bump it when the same files would give other samples or pixels
 # (the decoding, the walk, the layout), so caches keyed by the fingerprint (manifests, tensor
 # caches, splits) are made again instead of serving what the old code derived.
-# 2: to_rgb8 (16-bit, float, alpha on white, EXIF orientation).
+# 2: recursive class folders, val/ folders, to_rgb8 (16-bit, float, alpha on white, EXIF).
 SCAN_FORMAT = 2
 
 
@@ -47,11 +58,23 @@ class DataError(ValueError):
 @dataclass
 class Scan:
     classes: list[str]
-    train: list[tuple[str, int]]  # (path relative to DIR, label)
-    test: list[tuple[str, int]] | None  # None: no test/ folder
+    train: list[tuple[str, int]]  # (path relative to DIR, or absolute outside DIR, label)
+    test: list[tuple[str, int]] | None  # None: no test folder
     skipped: list[str] = field(default_factory=list)
     fingerprint: str = ""
     skipped_reasons: list[tuple[str, str]] = field(default_factory=list)  # (path, why), as in skipped
+    val: list[tuple[str, int]] | None = None  # None: no validation folder
+    val_folder: str | None = None  # the folders used, as shown to people (absolute)
+    test_folder: str | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders of an image-folder dataset; None where there is none."""
+
+    train: Path
+    val: Path | None
+    test: Path | None
 
 
 def shown(path) -> str:
@@ -71,6 +94,53 @@ def _decodes(name: str) -> bool:
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or lies under it (both resolved)."""
+    return a == b or b in a.parents
+
+
+# ---- layout -------------------------------------------------------------------------------------
+
+
+def _chosen(root: Path, given, flag: str) -> Path:
+    path = Path(given)
+    path = Path(os.path.abspath(path if path.is_absolute() else root / path))
+    if not path.is_dir():
+        raise DataError(f"{flag}: {shown(path)} is not a folder")
+    return path
+
+
+def find_layout(root: Path, val_dir=None, test_dir=None) -> Layout:
+    """Which folders hold train, validation and test images (see the module docstring)."""
+    root = Path(os.path.abspath(root))
+    train = root / "train"
+    if val_dir is not None:
+        val = _chosen(root, val_dir, "val_dir")
+    else:
+        present = [root / name for name in VAL_FOLDERS if (root / name).is_dir()]
+        val = present[0] if present else None
+        for other in present[1:]:
+            log.warning("%s is not used: %s is the validation folder (--val-dir chooses another)", shown(other), shown(val))
+    test = _chosen(root, test_dir, "test_dir") if test_dir is not None else (root / "test" if (root / "test").is_dir() else None)
+    named = [("train", train)] + [(n, p) for n, p in (("val_dir", val), ("test_dir", test)) if p is not None]
+    for i, (a_name, a) in enumerate(named):
+        for b_name, b in named[i + 1 :]:
+            ra, rb = a.resolve(), b.resolve()
+            if _inside(ra, rb) or _inside(rb, ra):
+                raise DataError(f"{b_name}: {shown(b)} and the {a_name.removesuffix('_dir')} folder {shown(a)} "
+                                "overlap; give each split its own folder")
+    return Layout(train, val, test)
+
+
+def _prefix(root: Path, folder: Path) -> str:
+    """How sample paths in ``folder`` begin: relative to DIR when inside it, else absolute (the
+    split's users join them to DIR, which leaves an absolute path as it is)."""
+    try:
+        return Path(folder).relative_to(Path(os.path.abspath(root))).as_posix()
+    except ValueError:
+        return str(folder)
 
 
 def _holds_run(folder: str) -> bool:
@@ -100,10 +170,14 @@ def _is_run_dir(folder: str) -> bool:
     return _holds_run(folder) or any(_holds_run(d) for d in subdirs)
 
 
-def _class_folders(root: Path, split: str, exclude: tuple[Path, ...] = ()) -> list[str]:
-    """The class folder names under ``root/split``: visible folders and folder symlinks. A link
-    whose target is missing (an unmounted share) or that loops is an error, not a lost class."""
-    top = root / split
+def _run_dir_error(path: str, root: Path) -> DataError:
+    return DataError(f"data_dir: {shown(path)} is a run's output dir, not images (--output-dir or --runs-dir "
+                     f"inside the data?); put run outputs outside {shown(root)}")
+
+
+def _class_folders(top: Path, root: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
+    """The class folder names under ``top``: visible folders and folder symlinks. A link whose
+    target is missing (an unmounted share) or that loops is an error, not a lost class."""
     names = []
     for e in os.scandir(top):
         if e.name.startswith("."):
@@ -121,23 +195,22 @@ def _class_folders(root: Path, split: str, exclude: tuple[Path, ...] = ()) -> li
             raise DataError(f"data_dir: class folder {shown(e.path)}: the name is not valid UTF-8; rename it")
         real = Path(e.path).resolve()
         for out in exclude:
-            if out == real or real in out.parents:
+            if _inside(out, real):
                 raise DataError(f"output_dir: {shown(out)} is inside {shown(top)}: a run's files there would become "
                                 f"class '{e.name}'; put the output dir outside {shown(root)}")
         if _is_run_dir(e.path):
-            raise DataError(f"data_dir: {shown(e.path)} is a run's output dir, not a class folder (--output-dir or "
-                            f"--runs-dir inside {split}/?); put run outputs outside {shown(root)}")
+            raise _run_dir_error(e.path, root)
         names.append(e.name)
     return sorted(names)
 
 
-def _check_exclude(root: Path, exclude: tuple[Path, ...]) -> None:
+def _check_exclude(root: Path, exclude: tuple[Path, ...], folders=()) -> None:
     # Refused even before the folder exists: the flow takes its output dir before scanning, and
     # a standalone run creates it after; either way its files would be read as data next time.
     for out in exclude:
-        for split in ("train", "test"):
-            top = (root / split).resolve()
-            if out == top or top in out.parents:
+        for folder in (root / "train", root / "test", *(root / n for n in VAL_FOLDERS), *folders):
+            top = Path(folder).resolve()
+            if _inside(out, top):
                 raise DataError(f"output_dir: {shown(out)} is inside {shown(top)}: a run's files there would be "
                                 f"read as images or classes; put the output dir outside {shown(root)}")
 
@@ -145,10 +218,82 @@ def _check_exclude(root: Path, exclude: tuple[Path, ...]) -> None:
 def list_classes(root: Path, exclude=()) -> list[str]:
     train = root / "train"
     exclude = tuple(Path(p).resolve() for p in exclude)
-    classes = _class_folders(root, "train", exclude) if train.is_dir() else []
+    classes = _class_folders(train, root, exclude) if train.is_dir() else []
     if not classes:
         raise DataError(f"data_dir: {train} holds no class folders (expected {train}/<class>/<image>)")
     return classes
+
+
+# ---- walking a class folder ---------------------------------------------------------------------
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False  # a loop: reported as a file that cannot be used
+
+
+def _dir_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)  # follows symlinks: a linked folder is the folder it links to
+    return st.st_dev, st.st_ino
+
+
+def _listing(folder: str, rel: str, problems: list[tuple[str, str]]) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as e:
+        problems.append((rel, f"cannot list the folder: {e.strerror or e}"))
+        return []
+
+
+def walk_files(folder: str, rel: str, problems: list[tuple[str, str]], root: Path | None = None, outer=()):
+    """Every visible entry under ``folder`` that is not a folder, at any depth, as (``rel``/...
+    path, entry): name by name, depth first, so always in the same order. A sub-folder that
+    cannot be entered, is not UTF-8 or leads back to ``folder``, a folder between, or one of
+    ``outer`` (the split folder, DIR: a symlink loop) goes to ``problems`` as (path, why). With
+    ``root``, a run's output dir inside is an error."""
+    out = []
+    try:
+        start = frozenset({_dir_id(folder)})
+    except OSError as e:
+        problems.append((rel, f"cannot enter the folder: {e.strerror or e}"))
+        return out
+    for above in outer:
+        try:
+            start |= {_dir_id(str(above))}
+        except OSError:
+            pass
+    stack = [(iter(_listing(folder, rel, problems)), rel, start)]
+    while stack:
+        entries, base, above = stack[-1]
+        e = next(entries, None)
+        if e is None:
+            stack.pop()
+            continue
+        sub = f"{base}/{e.name}"
+        if not _is_dir(e):
+            out.append((sub, e))
+            continue
+        if not _decodes(e.name):
+            problems.append((sub, "the folder name is not valid UTF-8; rename it"))
+            continue
+        try:
+            ident = _dir_id(e.path)
+        except OSError as err:
+            problems.append((sub, f"cannot enter the folder: {err.strerror or err}"))
+            continue
+        if ident in above:
+            problems.append((sub, "symlink loop: the folder links back to a folder above it"))
+            continue
+        if root is not None and _is_run_dir(e.path):
+            raise _run_dir_error(e.path, root)
+        stack.append((iter(_listing(e.path, sub, problems)), sub, above | {ident}))
+    return out
+
+
+# ---- cache signature ----------------------------------------------------------------------------
 
 
 def _cache_identity(root: Path) -> bytes:
@@ -182,8 +327,7 @@ def _cache_identity(root: Path) -> bytes:
 
 def _stat_line(path: str) -> bytes:
     # ctime and inode too: chmod (a file becoming unreadable) and a retargeted link change them.
-    # A folder counts by identity only: what the scan reads in it is hashed file by file, and
-    # a sub-folder of a class (not read) must not invalidate the cache whenever it changes.
+    # A folder counts by identity: what the scan reads in it is hashed file by file.
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -193,32 +337,32 @@ def _stat_line(path: str) -> bytes:
         return f"error {e.errno}".encode()
 
 
-def stat_signature(root: Path) -> str:
-    """Cheap hash of names, sizes, mtimes (and ctimes, inodes) of what the scan reads: the class
-    folders under train/ and test/ (symlinked ones followed) and the files directly in them. It
-    changes whenever a file is added, removed or edited, also behind a symlinked class folder,
-    and when DIR/.cifar_lit is deleted (see ``_cache_identity``)."""
+def stat_signature(root: Path, folders=()) -> str:
+    """Cheap hash of names, sizes, mtimes (and ctimes, inodes) of what the scan reads: every
+    file at any depth under the class folders of train/, test/, val/, valid/, validation/ and
+    ``folders`` (``--val-dir``/``--test-dir``; relative to DIR or absolute), symlinks followed.
+    It changes whenever a file is added, removed or edited, also behind a symlinked folder, when
+    one of these folders appears, and when DIR/.cifar_lit is deleted (see ``_cache_identity``)."""
     root = Path(root)
-    h = hashlib.sha256(b"cache " + _cache_identity(root) + b"\n")
-    for split in ("train", "test"):
+    h = hashlib.sha256(b"cache " + _cache_identity(root) + f" format {SCAN_FORMAT}\n".encode())
+    tops = ["train", "test", *VAL_FOLDERS, *(str(f) for f in folders if f is not None)]
+    for top in dict.fromkeys(tops):
+        base = root / top
         try:
-            classes = sorted(e.name for e in os.scandir(root / split) if not e.name.startswith("."))
+            classes = sorted(e.name for e in os.scandir(base) if not e.name.startswith("."))
         except OSError as e:
-            h.update(f"{split}: error {e.errno}\n".encode())
+            h.update(os.fsencode(top) + f": error {e.errno}\n".encode())
             continue
         for name in classes:
-            folder = os.path.join(root, split, name)
-            h.update(os.fsencode(f"{split}/{name}") + b":" + _stat_line(folder) + b"\n")
-            try:
-                files = sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))
-            except NotADirectoryError:
+            folder = os.path.join(base, name)
+            h.update(os.fsencode(f"{top}/{name}") + b":" + _stat_line(folder) + b"\n")
+            if not os.path.isdir(folder):
                 continue
-            except OSError as e:
-                h.update(f"error {e.errno}\n".encode())
-                continue
-            for f in files:
-                path = os.path.join(folder, f)
-                h.update(os.fsencode(f"{split}/{name}/{f}") + b":" + _stat_line(path) + b"\n")
+            problems: list[tuple[str, str]] = []
+            for rel, e in walk_files(folder, f"{top}/{name}", problems, outer=(base, root)):
+                h.update(os.fsencode(rel) + b":" + _stat_line(e.path) + b"\n")
+            for rel, why in problems:
+                h.update(os.fsencode(rel) + b": " + why.encode() + b"\n")
     return h.hexdigest()
 
 
@@ -302,55 +446,69 @@ def _problem(entry: os.DirEntry) -> str | None:
     return "not a regular file (a FIFO, socket or device)"
 
 
-def _scan_split(root: Path, split: str, classes: list[str], bad: str, h, skipped: list[tuple[str, str]]):
+# ---- scanning -----------------------------------------------------------------------------------
+
+
+def _skip(root: Path, rel: str, why: str, bad: str, skipped: list[tuple[str, str]]) -> None:
+    if bad == "error":
+        raise DataError(f"{shown(root / rel)}: {why}")
+    log.warning("skipping %s: %s", shown(root / rel), why)
+    skipped.append((shown(rel), why))
+
+
+def _scan_split(root: Path, top: Path, classes: list[str], bad: str, h, skipped: list[tuple[str, str]],
+                required: bool = False) -> list[tuple[str, int]]:
+    """The usable samples of ``top/<class>/...``, each hashed into ``h``. ``required`` (train):
+    every class folder must hold at least one file."""
+    prefix = _prefix(root, top)
+    h.update(f"part {prefix}\n".encode("utf-8", "backslashreplace"))
     samples = []
     for label, name in enumerate(classes):
-        folder = root / split / name
-        entries = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name) \
-            if folder.is_dir() else []
-        # Sub-folders are not samples (as before); everything else is, or is skipped with a reason.
-        entries = [e for e in entries if not _is_dir(e)]
-        if split == "train" and not entries:
+        folder = top / name
+        if not folder.is_dir():
+            continue  # a val/test folder without this class
+        problems: list[tuple[str, str]] = []
+        files = walk_files(str(folder), f"{prefix}/{name}", problems, root, outer=(top, root))
+        if required and not files and not problems:
             raise DataError(f"data_dir: class folder {shown(folder)} is empty")
-        for e in entries:
-            rel = f"{split}/{name}/{e.name}"
+        for rel, why in problems:
+            _skip(root, rel, why, bad, skipped)
+        for rel, e in files:
             why = _problem(e)
             data = None
             if why is None:
                 data, why = _read_image(e.path)
             if why is not None:
-                if bad == "error":
-                    raise DataError(f"{shown(root / rel)}: {why}")
-                log.warning("skipping %s: %s", shown(root / rel), why)
-                skipped.append((shown(rel), why))
+                _skip(root, rel, why, bad, skipped)
                 continue
             h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
             samples.append((rel, label))
     return samples
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False  # a loop: reported as a file that cannot be used
+def _other_split(root: Path, top: Path, classes: list[str], bad: str, h, skipped, exclude) -> list[tuple[str, int]]:
+    extra = sorted(set(_class_folders(top, root, exclude)) - set(classes))
+    if extra:  # the model could never predict it: its images would only lower the score
+        raise DataError(f"data_dir: {shown(top)} has class folder(s) that {shown(root / 'train')} lacks: "
+                        f"{', '.join(extra)}; add them to train/ or remove them")
+    samples = _scan_split(root, top, classes, bad, h, skipped)
+    if not samples:
+        raise DataError(f"data_dir: {shown(top)} holds no readable images")
+    return samples
 
 
-def scan_imagefolder(root: Path, bad_images: str = "skip", exclude=()) -> Scan:
+def scan_imagefolder(root: Path, bad_images: str = "skip", exclude=(), val_dir=None, test_dir=None) -> Scan:
     """Decode every image once; return the usable samples and a content fingerprint.
 
-    ``exclude``: paths that must not be read as data (the run's output dir): one inside
-    ``train/`` or ``test/`` is an error, even before it exists."""
+    ``exclude``: paths that must not be read as data (the run's output dir): one inside a data
+    folder is an error, even before it exists. ``val_dir``/``test_dir``: see ``find_layout``."""
     root = Path(root)
     exclude = tuple(Path(p).resolve() for p in exclude)
-    _check_exclude(root, exclude)
+    layout = find_layout(root, val_dir, test_dir)
+    _check_exclude(root, exclude, [p for p in (layout.val, layout.test) if p is not None])
     classes = list_classes(root, exclude)
-    if (root / "test").is_dir():
-        extra = set(_class_folders(root, "test", exclude)) - set(classes)
-        if extra:
-            raise DataError(f"data_dir: {root / 'test'} has classes missing from train/: {', '.join(sorted(extra))}")
     h, skipped = hashlib.sha256(f"image folder, scan format {SCAN_FORMAT}\n".encode()), []
-    train = _scan_split(root, "train", classes, bad_images, h, skipped)
+    train = _scan_split(root, layout.train, classes, bad_images, h, skipped, required=True)
     if not train:
         raise DataError(f"data_dir: {root / 'train'} holds no readable images")
     seen = {label for _, label in train}
@@ -360,12 +518,12 @@ def scan_imagefolder(root: Path, bad_images: str = "skip", exclude=()) -> Scan:
     if len(classes) < 2:
         raise DataError(f"data_dir: {root / 'train'} holds one class folder ({classes[0]}); "
                         "a classifier needs at least two classes")
-    test = _scan_split(root, "test", classes, bad_images, h, skipped) if (root / "test").is_dir() else None
-    if test is not None and not test:
-        raise DataError(f"data_dir: {root / 'test'} holds no readable images")
+    parts = [None if top is None else _other_split(root, top, classes, bad_images, h, skipped, exclude)
+             for top in (layout.val, layout.test)]
     if skipped:
         log.warning("skipped %d unusable file(s) under %s", len(skipped), root)
-    return Scan(classes, train, test, [p for p, _ in skipped], h.hexdigest(), skipped)
+    return Scan(classes, train, parts[1], [p for p, _ in skipped], h.hexdigest(), skipped, parts[0],
+                None if layout.val is None else shown(layout.val), None if layout.test is None else shown(layout.test))
 
 
 def load_rgb32(path: Path) -> Image.Image:

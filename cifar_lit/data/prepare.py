@@ -1,8 +1,9 @@
 """The data stage before splitting: make the dataset present, verified and fingerprinted.
 
 CIFAR: download, checksum and extract (once). Image folders: decode every file once, drop or
-reject unreadable ones, and write a manifest of the usable samples beside the data, so later
-stages never decode the whole folder again.
+reject unreadable ones, and write a manifest of the usable samples (train, and the validation
+and test folders when there are any) beside the data, so later stages never decode the whole
+folder again.
 """
 
 from __future__ import annotations
@@ -57,19 +58,25 @@ def prepare_data(
     download_md5: str | None = None,
     bad_images: str = "skip",
     exclude=(),
+    val_dir: Path | None = None,
+    test_dir: Path | None = None,
 ) -> DataRef:
     """``exclude``: paths the run writes to (its output dir). An image folder refuses one inside
-    its train/ or test/, where the run's files would be read as a class on the next scan."""
+    its train/, val/ or test/, where the run's files would be read as a class on the next scan.
+    ``val_dir``/``test_dir`` (image folders): other validation/test folders than DIR/val and
+    DIR/test, absolute or relative to ``data_dir`` (``cifar_lit.data.imagefolder.find_layout``)."""
     data_dir = Path(data_dir).resolve()
     if dataset in SOURCES:
         md5 = (download_md5 or SOURCES[dataset].md5).lower()
         folder = download_cifar(dataset, data_dir, download_url, md5)
         fingerprint = hashlib.sha256(f"{dataset}:{md5}".encode()).hexdigest()
         return DataRef(dataset, folder, fingerprint, tuple(cifar_classes(folder, dataset)))
-    scan = scan_imagefolder(data_dir, bad_images, exclude)
-    # Written on every scan, so a deleted manifest is back as soon as the stage runs again.
+    scan = scan_imagefolder(data_dir, bad_images, exclude, val_dir, test_dir)
+    # Written on every scan, so a deleted manifest is back as soon as the stage runs again. Its
+    # name is the fingerprint, which covers which folder plays which part.
     manifest = cache_dir(data_dir) / f"manifest-{scan.fingerprint[:16]}.json"
-    write_json_atomic(manifest, {"classes": scan.classes, "train": scan.train, "test": scan.test,
+    write_json_atomic(manifest, {"classes": scan.classes, "train": scan.train, "val": scan.val, "test": scan.test,
+                                 "val_folder": scan.val_folder, "test_folder": scan.test_folder,
                                  "skipped": scan.skipped_reasons})
     return DataRef(dataset, data_dir, scan.fingerprint, tuple(scan.classes), tuple(scan.skipped), manifest,
                    tuple(tuple(pair) for pair in scan.skipped_reasons))
