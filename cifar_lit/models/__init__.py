@@ -24,6 +24,8 @@ CATALOGUE: dict[str, str] = {
     "airnet_s": "cifar_lit.models.airnet",
     "airnet_m": "cifar_lit.models.airnet",
     "airnet94": "cifar_lit.models.airnet",
+    "resnet18": "cifar_lit.models.torchvision_nets",
+    "mobilenet_v3_small": "cifar_lit.models.torchvision_nets",
 }
 
 
