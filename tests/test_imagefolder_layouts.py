@@ -1,6 +1,6 @@
 """Image folders as people lay them out: val/ and test/ folders (or --val-dir/--test-dir),
 images in sub-folders of a class, every PIL mode decoded as the 8-bit RGB it shows, stratified
-hold-outs (and --min-per-class), and old split files.
+hold-outs (and --min-per-class), old split files, and the counts for the run summary.
 
 Names added with these features are imported inside the tests, so that against the old code
 each test fails on its own assertion or call, not on an import of the whole module.
@@ -450,3 +450,35 @@ def test_cifar_splits_are_unchanged(tmp_path, server, archives):
     assert path.name == f"split-{split_fingerprint(ref.fingerprint, 40, None, 7)}.json"  # the old name
     doc = read_split(path)
     assert doc["version"] == 1 and doc["test"] is None and doc["samples"] is None and len(doc["val"]) == 40
+
+
+# ---- 5. counts for the summary ---------------------------------------------------------------------------
+
+
+def test_data_counts_of_an_image_folder_split(tmp_path):
+    from cifar_lit.data.split import data_counts
+
+    root = fakes.layout(tmp_path / "ds", {"train": {"cat": 10, "dog": 5}, "val": {"cat": 2}})
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    ref = prepare_data("imagefolder", root)
+    doc = read_split(make_split(ref, 0.2, 0.2, 0, root))
+    counts = data_counts(doc, doc["classes"], ref.skipped_reasons)
+    assert counts == {
+        "train": 12, "val": 2, "test": 3,
+        "per_class": {"cat": {"train": 8, "val": 2, "test": 2}, "dog": {"train": 4, "val": 0, "test": 1}},
+        "skipped": 1,
+        "skipped_files": [["train/dog/broken.jpg", "not a readable image (not a format PIL recognises)"]],
+    }
+    json.dumps(counts)  # ready for summary.json and a table
+    assert data_counts(doc, doc["classes"], ["a.png"])["skipped_files"] == [["a.png", ""]]
+
+
+def test_data_counts_of_a_cifar_split():
+    from cifar_lit.data.split import data_counts
+
+    split = {"samples": None, "train": [0, 2, 3], "val": [1], "test": None}
+    assert data_counts(split, ["x", "y"]) == {"train": 3, "val": 1, "test": None, "per_class": {}, "skipped": 0,
+                                              "skipped_files": []}
+    counts = data_counts(split, ["x", "y"], labels=[0, 1, 1, 0], test_labels=[1, 1])
+    assert counts["test"] == 2
+    assert counts["per_class"] == {"x": {"train": 2, "val": 0, "test": 0}, "y": {"train": 1, "val": 1, "test": 2}}

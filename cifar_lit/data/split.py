@@ -267,6 +267,37 @@ def read_split(path: Path) -> dict:
     return doc
 
 
+def data_counts(split: dict, classes: list[str], skipped=(), labels=None, test_labels=None) -> dict:
+    """Image counts of a split (a ``read_split`` document) for the run summary:
+    ``{"train", "val", "test", "per_class": {class: {"train", "val", "test"}}, "skipped",
+    "skipped_files": [[path, reason], ...]}``. ``skipped``: (path, reason) pairs or bare paths.
+
+    Image folders carry their labels in the split. CIFAR does not: pass ``labels`` (the training
+    batches' labels) and ``test_labels`` (the test batch's) for per-class counts and the test
+    count; without them "per_class" is empty and "test" is None.
+
+    >>> s = {"samples": [["a", 0], ["b", 1], ["c", 1]], "train": [0, 1], "val": [], "test": [2]}
+    >>> c = data_counts(s, ["x", "y"], [("bad.png", "not an image")])
+    >>> c["train"], c["test"], c["per_class"]["y"], c["skipped_files"]
+    (2, 1, {'train': 1, 'val': 0, 'test': 1}, [['bad.png', 'not an image']])
+    """
+    if split["samples"] is not None:
+        labels = [label for _, label in split["samples"]]
+    parts = {"train": split["train"], "val": split["val"], "test": split["test"]}
+    counts: dict = {part: len(idx) if idx is not None else None for part, idx in parts.items()}
+    if split["test"] is None and test_labels is not None:
+        counts["test"] = len(test_labels)
+    per_class = {}
+    if labels is not None:
+        per_class = {name: {"train": 0, "val": 0, "test": 0} for name in classes}
+        for part, idx in parts.items():
+            chosen = (labels[i] for i in idx) if idx is not None else (test_labels if test_labels is not None else ())
+            for label in chosen:
+                per_class[classes[int(label)]][part] += 1
+    pairs = [[str(s), ""] if isinstance(s, str) else [str(s[0]), str(s[1])] for s in skipped]
+    return {**counts, "per_class": per_class, "skipped": len(pairs), "skipped_files": pairs}
+
+
 def stage_split(split_file: Path, output_dir: Path) -> Path:
     """Copy the split into the run's output dir (``split.json``), the file fit and test read.
 
