@@ -8,7 +8,9 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from cifar_lit.model_file import tta_views
@@ -132,3 +134,76 @@ class LitClassifier(L.LightningModule):
         if schedule is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def head_of(net: nn.Module) -> str:
+    """The name of ``net``'s head, its classifier layer: the network's own ``head_name`` when it
+    has one (the torchvision networks), else its last ``nn.Linear``."""
+    name = getattr(net, "head_name", None)
+    if isinstance(name, str):
+        return name
+    linear = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        raise ValueError(f"{type(net).__name__} has no nn.Linear head and no head_name")
+    return linear[-1]
+
+
+class HeadFirst(Callback):
+    """Head-first fine-tuning: for the first ``epochs`` epochs only the network's head trains
+    (``head_of``); the rest of it, the backbone, is frozen: no gradients, and its BatchNorm
+    layers in eval mode, so their running statistics (the pretrained ones) stay as they are and
+    the head learns on the features the weights were trained to give. Then everything trains.
+
+    Lightning's ``BackboneFinetuning`` does the same for a LightningModule with a ``backbone``
+    attribute, adding the backbone's parameters to the optimizer as a new group when they
+    unfreeze. That group would be outside ``LitClassifier.build_optimizer``'s weight-decay
+    split and its per-step lr schedule (a LambdaLR knows only the groups it was made with), and
+    a ``backbone`` would mean wrapping the torchvision networks (losing their state-dict layout).
+    Here every parameter is in the optimizer from the start; a frozen one just has no gradient,
+    which torch's optimizers (and Muon) skip, weight decay included. So nothing needs patching
+    when the backbone joins, and a resumed fit freezes or not by its epoch.
+
+    Under DDP, frozen parameters receive no gradient: use ``ddp_find_unused_parameters_true``.
+    """
+
+    def __init__(self, epochs: int = 1) -> None:
+        super().__init__()
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        self.epochs = epochs
+        self.frozen: list[nn.Parameter] = []  # what this callback froze, to unfreeze exactly that
+        self.norms: list[nn.Module] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply(trainer, pl_module)  # after a resume, before its first epoch's hooks
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply(trainer, pl_module)
+
+    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        net = pl_module.net
+        if trainer.current_epoch < self.epochs:
+            if not self.frozen:
+                self.freeze(net)
+            for norm in self.norms:  # again every epoch: validation restores each module's mode
+                norm.eval()
+        elif self.frozen:
+            self.unfreeze()
+
+    def freeze(self, net: nn.Module) -> None:
+        head = head_of(net)
+        inside = head + "."
+        for name, module in net.named_modules():
+            if name != head and not name.startswith(inside) and isinstance(module, _BatchNorm):
+                self.norms.append(module)
+        for name, p in net.named_parameters():
+            if p.requires_grad and not name.startswith(inside):
+                p.requires_grad_(False)
+                self.frozen.append(p)
+
+    def unfreeze(self) -> None:
+        for p in self.frozen:
+            p.requires_grad_(True)
+        for norm in self.norms:
+            norm.train()
+        self.frozen, self.norms = [], []

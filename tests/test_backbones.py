@@ -1,7 +1,7 @@
 """Transfer learning: the torchvision backbones, their starting weights (a weights file saved
 from a random initialisation of the same torchvision network stands in for the published ones:
 no internet here), tiny real runs through fit, evaluate, export and the model file, the one-line
-failures."""
+failures, and head-first fine-tuning."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import torch
 import torchvision
 from fakes import image_folder, refused_url
 
+from cifar_lit import train
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.export import export_model
 from cifar_lit.model_file import ModelFileError, load_model
 from cifar_lit.models import build_model
 from cifar_lit.models.torchvision_nets import HEADS, WeightsError, load_start_weights, normalisation
+from cifar_lit.module import HeadFirst, head_of
 from cifar_lit.predict import predict
 from cifar_lit.train import build_classifier, evaluate, fit, load_classifier
 
@@ -43,10 +45,11 @@ def _split(cfg: TrainConfig):
 
 def test_builders_resize_the_head_and_name_it():
     net = build_model("resnet18", 7)
-    assert net.head_name == "fc" and net.fc.out_features == 7
+    assert head_of(net) == "fc" and net.fc.out_features == 7
     net = build_model("mobilenet_v3_small", 3)
-    assert net.head_name == "classifier.3" and net.classifier[3].out_features == 3
+    assert head_of(net) == "classifier.3" and net.classifier[3].out_features == 3
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 3)  # CIFAR-sized input
+    assert head_of(build_model("seed_cnn", 10)) == "fc3"  # no head_name: the last Linear
     assert normalisation("resnet18") == normalisation("mobilenet_v3_small") == IMAGENET  # no download
 
 
@@ -152,3 +155,42 @@ def test_a_wrong_weights_file_is_one_line_naming_it(weights_files, tmp_path):
     (tmp_path / "cut.pth").write_bytes(weights_files["resnet18"].read_bytes()[:5000])
     assert "not a readable weights file" in fails(tmp_path / "cut.pth")
     assert "no such weights file" in fails(tmp_path / "nowhere.pth")
+
+
+class _WithHeadEpochs(TrainConfig):
+    """TrainConfig with the field fit() switches head-first fine-tuning on with."""
+
+    head_epochs: int = 0
+
+
+def test_head_first_trains_only_the_head_then_everything(make_config, weights_files, monkeypatch):
+    seen = []  # (state dict, requires_grad by name, parameters in the optimizer), at each point
+
+    class Recording(HeadFirst):
+        def record(self, trainer, net) -> None:
+            in_optimizer = sum(len(g["params"]) for opt in trainer.optimizers for g in opt.param_groups)
+            seen.append(({k: v.detach().clone() for k, v in net.state_dict().items()},
+                         {k: p.requires_grad for k, p in net.named_parameters()}, in_optimizer))
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            super().on_train_start(trainer, pl_module)
+            self.record(trainer, pl_module.net)
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.record(trainer, pl_module.net)
+
+    monkeypatch.setattr(train, "HeadFirst", Recording)
+    base = make_config(model="mobilenet_v3_small", weights_file=weights_files["mobilenet_v3_small"], max_epochs=2,
+                       wandb_mode="disabled", prediction_samples=0)
+    cfg = _WithHeadEpochs(**base.model_dump(), head_epochs=1)
+    fit(cfg, _split(cfg))
+
+    (start, grad0, n0), (epoch0, _, _), (epoch1, grad1, _) = seen
+    head = [k for k in start if k.startswith("classifier.3.")]
+    changed = {k for k in start if not torch.equal(start[k], epoch0[k])}
+    assert changed == set(head)  # epoch 0: the head alone; BatchNorm statistics untouched too
+    assert [k for k, g in grad0.items() if g] == head
+    assert n0 == len(grad0)  # every parameter is in the optimizer from the start
+    later = {k for k in start if not torch.equal(epoch0[k], epoch1[k])}
+    body = [k for k in start if k not in head]
+    assert len(later & set(body)) > 0.9 * len(body) and all(grad1.values())  # epoch 1: the whole network
