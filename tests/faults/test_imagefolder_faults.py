@@ -3,8 +3,9 @@
 1. every per-file failure is a skipped file with a reason, never a crash: a decompression bomb
    (a real 50 kB PNG that declares 400 M pixels), a dangling symlink, a symlink loop, a file
    name that is not UTF-8, a file that cannot be read (permission, I/O error), a FIFO; with
-   ``bad_images="error"`` the scan stops with one line naming the file and the reason. Broken
-   class-folder links and class names that are not UTF-8 are one-line errors.
+   ``bad_images="error"`` the scan stops with one line naming the file and the reason. The same
+   at any depth in a class folder, where a sub-folder that cannot be listed is one more such
+   file. Broken class-folder links and class names that are not UTF-8 are one-line errors.
 2. a dataset with a single class (or a class without one readable image) is an error at scan time.
 3. a run's output dir inside the data's train/ (or test/) is refused, never read as a class.
 4. derived files: deleting DIR/.cifar_lit does not break the next run; a corrupt tensor cache is
@@ -214,6 +215,39 @@ def test_every_bad_file_at_once_is_listed_with_its_reason(tmp_path):
     assert all(why in reasons.get(rel, "") for rel, why in expected.items()), reasons
     manifest = json.loads(Path(ref.manifest).read_bytes().decode("utf-8"))
     assert sorted(manifest["skipped"]) == sorted([rel, reasons[rel]] for rel in expected)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_bad_file_in_a_sub_folder_is_skipped_with_a_reason(tmp_path, fault):
+    """Images in sub-folders of a class are samples (at any depth), so their faults are too."""
+    root = fakes.image_folder(tmp_path / "ds", per_class=6)
+    deep = root / "train" / "cat" / "2019" / "may"
+    deep.mkdir(parents=True)
+    _png(deep / "good.png")
+    name, why = FAULTS[fault](deep)
+    rel = f"train/cat/2019/may/{name}"
+    ref = prepare_data("imagefolder", root)  # the old code: the sub-folder was not read at all
+    assert ref.skipped == (rel,) and why in dict(ref.skipped_reasons)[rel]
+    manifest = json.loads(Path(ref.manifest).read_bytes().decode("utf-8"))
+    assert len(manifest["train"]) == GOOD + 1 and ["train/cat/2019/may/good.png", 0] in manifest["train"]
+    with pytest.raises(DataError) as caught:
+        prepare_data("imagefolder", root, bad_images="error")
+    msg = str(caught.value)
+    assert f"{root}/{rel}" in msg and why in msg and "\n" not in msg
+
+
+def test_a_sub_folder_that_cannot_be_listed_is_skipped_with_a_reason(world_readable_dir):
+    root = fakes.image_folder(world_readable_dir / "ds", per_class=6)
+    private = root / "train" / "dog" / "private"
+    private.mkdir()
+    _png(private / "secret.png")
+    private.chmod(0)
+    got = _scan_as_nobody(root)
+    assert "crash" not in got, got["crash"]
+    assert got["skipped"] == ["train/dog/private"] and got["n"] == GOOD
+    assert "Permission denied" in dict(got["reasons"])["train/dog/private"]
+    err = got["err"]
+    assert f"{root}/train/dog/private" in err and "Permission denied" in err and "\n" not in err
 
 
 def _dangling_class(train: Path):
