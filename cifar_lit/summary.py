@@ -17,7 +17,7 @@ def build_summary(
     test: dict,
     data_fingerprint: str,
     wandb: dict,
-    skipped: list[list[str]] | None = None,
+    data: dict | None = None,
     export: dict | None = None,
     promotion: dict | None = None,
 ) -> dict[str, Any]:
@@ -39,8 +39,10 @@ def build_summary(
         "data_fingerprint": data_fingerprint,
         "code_version": code_version(),
         "git_commit": git_commit(),
-        "skipped_images": len(skipped or []),
-        "skipped_files": skipped or [],  # [path, reason] of each image file left out
+        "skipped_images": (data or {}).get("skipped", 0),
+        "skipped_files": (data or {}).get("skipped_files", []),  # [path, reason] of each image file left out
+        # Image counts: train/val/test, per class and split (image folders), skipped files.
+        "data": data,
         "per_class": test["per_class"],
         # A model that collapsed onto one class, or does no better than guessing the largest
         # one: the run still completes (its numbers are true), but says so everywhere it reports.

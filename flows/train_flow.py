@@ -33,7 +33,7 @@ from prefect.states import Failed
 
 from cifar_lit import tracking
 from cifar_lit.config import TrainConfig
-from cifar_lit.data.split import split_file_path, stage_split
+from cifar_lit.data.split import data_counts, read_split, split_file_path, stage_split
 from cifar_lit.export import model_dir
 from cifar_lit.machine import MachineError, check_machine
 from cifar_lit.model_file import MODEL_FILE, TORCHSCRIPT_FILE
@@ -74,14 +74,14 @@ def _train(config: TrainConfig) -> dict:
     out = config.out
     logger.info("output dir: %s", out.resolve())
     # Cached stages re-run on their own when their output is gone from disk.
-    fresh_data = data_state(config.dataset, config.data_dir, config.download_md5) is None
+    fresh_data = data_state(config.dataset, config.data_dir, config.download_md5, config.val_dir, config.test_dir) is None
     ref = download_data.with_options(refresh_cache=fresh_data)(
         config.dataset, config.data_dir, config.download_url, config.download_md5, config.bad_images,
-        exclude=(config.out, config.registry),
+        exclude=(config.out, config.registry), val_dir=config.val_dir, test_dir=config.test_dir,
     )
-    split_path = split_file_path(ref, config.val_size, config.test_size, config.seed, config.data_dir)
+    split_path = split_file_path(ref, config.val_size, config.test_size, config.seed, config.data_dir, config.min_per_class)
     split_file = split_data.with_options(refresh_cache=not split_path.is_file())(
-        ref, config.val_size, config.test_size, config.seed, config.data_dir
+        ref, config.val_size, config.test_size, config.seed, config.data_dir, config.min_per_class
     )
     fingerprint = split_path.stem.removeprefix("split-")
     staged = stage_split(split_file, out)
@@ -102,8 +102,10 @@ def _train(config: TrainConfig) -> dict:
     try:
         fitted = fit_model(config, staged, progress)
         tested = evaluate_model(config, staged, Path(fitted["best_checkpoint"]))
-        parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint,
-                     skipped=[list(pair) for pair in ref.skipped_reasons])
+        data = data_counts(read_split(staged), tested["classes"], ref.skipped_reasons)
+        if data["test"] is None:  # CIFAR's test batch is not in the split: count what was tested
+            data["test"] = sum(map(sum, tested["confusion"]))
+        parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint, data=data)
         # Written before anything talks to W&B or the registry: a later failure loses nothing.
         write_summary(out / "summary.json", build_summary(**parts, wandb=tracking.run_info()))
         export_state = export_checkpoint(
@@ -121,6 +123,10 @@ def _train(config: TrainConfig) -> dict:
     create_table_artifact(
         json_safe(tested["per_class"]), key=_artifact_key(config, "per-class"), description="per-class test accuracy"
     )
+    if data["per_class"]:  # image folders: how many images of each class each split used
+        rows = [{"class": name, **n} for name, n in data["per_class"].items()]
+        create_table_artifact(rows, key=_artifact_key(config, "data"),
+                              description=f"images per class and split ({data['skipped']} files skipped)")
     for warning in summary["warnings"]:
         logger.warning("the model may not have learned: %s", warning)
     logger.info("test_acc %.4f; %s; summary: %s", summary["test_acc"], promotion["reason"], out / "summary.json")

@@ -146,6 +146,16 @@ def test_image_folder_flow_with_a_broken_file(make_config, tmp_path):
     assert [r["class"] for r in summary["per_class"]] == ["cat", "dog", "frog"]
     assert sum(r["support"] for r in summary["per_class"]) == 9  # the test/ folder
     assert summary["wandb"]["mode"] == "disabled" and summary["model_artifact"]["logged"] is False
+    # The data block: what each split used, per class (val: a stratified 20% of train/).
+    data = summary["data"]
+    assert (data["train"] + data["val"], data["test"], data["skipped"]) == (36, 9, 1)
+    for name in ("cat", "dog", "frog"):
+        n = data["per_class"][name]
+        assert n["train"] + n["val"] == 12 and n["test"] == 3 and n["val"] >= 1, (name, n)
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    (table,) = [a for a in found if (a.key or "").endswith("-data")]
+    assert json.loads(table.data) == [{"class": c, **data["per_class"][c]} for c in ("cat", "dog", "frog")]
 
 
 def test_wrong_checksum_fails_fast_and_clearly(make_config, server):
