@@ -21,7 +21,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator, model_validator
 
+from cifar_lit.models import CATALOGUE
 from cifar_lit.redact import public_url
+
+TORCHVISION_NETS = "cifar_lit.models.torchvision_nets"  # the networks with published weights
 
 CIFAR_TRAIN_SIZE = 50_000
 
@@ -34,6 +37,8 @@ _TUTORIAL_EXTRAS = {
     "channels_last": False,
     "compile": False,
     "patience": 3,
+    "pretrained": False,
+    "head_epochs": 0,
 }
 # The fast recipes share the fast data path (tensors on the device, batched flip + translate),
 # Nesterov SGD with label smoothing 0.2 and a triangular learning-rate schedule, and flip +
@@ -46,6 +51,8 @@ _FAST = {
     "tta": 2,
     "data_path": "tensor",
     "patience": 0,
+    "pretrained": False,
+    "head_epochs": 0,
     # No validation split: with no early stopping there is nothing to select, so the fast
     # recipes train on every image but the held-out test set, as airbench does (5,000 more
     # images were worth about 1 point in 4 epochs here). --val-size N brings val curves back.
@@ -131,6 +138,29 @@ RECIPES: dict[str, dict[str, Any]] = {
         "channels_last": True,
         "compile": False,
     },
+    # Fine-tuning ImageNet weights (torchvision's MobileNetV3-Small: the cheapest network with
+    # published weights) on the 32 px images of this pipeline: the head alone for the first epoch,
+    # then the whole network, AdamW with a triangular schedule. Not tuned yet: no published
+    # weights can be downloaded where this was written (--weights-file loads a saved copy).
+    "transfer": {
+        **_TUTORIAL_EXTRAS,
+        "model": "mobilenet_v3_small",
+        "pretrained": True,
+        "head_epochs": 1,
+        "batch_size": 64,
+        "max_epochs": 6,
+        "lr": 1e-3,
+        "lr_batch": 0,
+        "optimizer": "adamw",
+        "weight_decay": 1e-4,
+        "label_smoothing": 0.1,
+        "lr_schedule": "triangular",
+        "warmup": 0.1,
+        "tta": 1,
+        "data_path": "tensor",
+        "patience": 0,
+        "precision": "32-true",
+    },
 }
 RECIPE_NAMES = ("auto", *RECIPES)
 
@@ -177,8 +207,9 @@ NOT_EFFECTIVE = frozenset({
 
 # How --help groups the flags; every field is in exactly one group (a test checks).
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
-    "data": ("dataset", "data_dir", "download_url", "download_md5", "val_size", "test_size", "seed", "bad_images"),
-    "model": ("recipe", "model", "tta"),
+    "data": ("dataset", "data_dir", "download_url", "download_md5", "val_size", "test_size", "seed", "bad_images",
+             "val_dir", "test_dir", "min_per_class"),
+    "model": ("recipe", "model", "pretrained", "weights_file", "head_epochs", "tta"),
     "optimisation": ("batch_size", "max_epochs", "lr", "lr_batch", "optimizer", "muon_lr", "weight_decay", "patience",
                      "label_smoothing", "lr_schedule", "warmup", "max_time"),
     "hardware": ("precision", "accelerator", "devices", "strategy", "num_nodes", "node_timeout", "num_workers",
@@ -201,7 +232,7 @@ class TrainConfig(BaseModel):
     # No inf or NaN in any float field: --lr inf would train NaNs and export them.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
-    recipe: Literal["auto", "seed", "cpu-fast", "cpu-long", "gpu-fast"] = Field(
+    recipe: Literal["auto", "seed", "cpu-fast", "cpu-long", "gpu-fast", "transfer"] = Field(
         "auto", description="preset filling every field left unset; auto: gpu-fast on a GPU, else cpu-fast"
     )
     # data
@@ -220,8 +251,26 @@ class TrainConfig(BaseModel):
     bad_images: Literal["skip", "error"] = Field(
         "skip", description="image folders: skip unreadable files with a warning, or stop with an error"
     )
+    val_dir: Path | None = Field(
+        None, description="image folders: the validation folder (default: DIR/val, DIR/valid or DIR/validation if present)"
+    )
+    test_dir: Path | None = Field(None, description="image folders: the test folder (default: DIR/test if present)")
+    min_per_class: int | None = Field(
+        None, ge=1,
+        description="image folders: leave out, with a warning, classes with fewer images "
+        "(default: a class too small for every split is an error)",
+    )
     # model and optimisation (None: the recipe's value)
     model: str | None = Field(None, description="network from the model registry")
+    pretrained: bool | None = Field(
+        None, description="start from the network's published ImageNet weights (torchvision's weights API)"
+    )
+    weights_file: Path | None = Field(
+        None, description="start from these weights (a state dict saved with torch.save), e.g. offline; implies pretrained"
+    )
+    head_epochs: int | None = Field(
+        None, ge=0, description="epochs that train only the network's head before the whole network trains"
+    )
     batch_size: int | None = Field(None, ge=1, description="images per step")
     max_epochs: int | None = Field(None, ge=1, description="upper bound on epochs (EarlyStopping may stop sooner)")
     lr: float | None = Field(None, gt=0, description="learning rate, per lr_batch examples when lr_batch is set")
@@ -367,6 +416,16 @@ class TrainConfig(BaseModel):
             raise ValueError("resume: name the run to continue with --output-dir")
         if (self.download_url is None) != (self.download_md5 is None) and self.dataset != "imagefolder":
             raise ValueError("download_md5: a mirror needs both --download-url and --download-md5")
+        return self
+
+    @model_validator(mode="after")
+    def _check_start_weights(self) -> TrainConfig:
+        """After the recipe is filled in (the validator above): the starting weights exist."""
+        if self.pretrained and CATALOGUE.get(self.model) != TORCHVISION_NETS:
+            published = ", ".join(n for n, m in CATALOGUE.items() if m == TORCHVISION_NETS)
+            raise ValueError(f"pretrained: published weights exist for {published}; not for {self.model}")
+        if self.weights_file is not None and not self.weights_file.is_file():
+            raise ValueError(f"weights_file: {self.weights_file} is not a file")
         return self
 
     # ---- derived values ------------------------------------------------------------------

@@ -124,11 +124,10 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     samples = dm.samples("val", config.prediction_samples) if config.prediction_samples and validate else None
     start = _StartEpoch()
     callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch, validate) + [start]
-    # Head-first fine-tuning, switched on by a config field ``head_epochs`` (epochs that train the
-    # head alone) where TrainConfig has one: see cifar_lit.module.HeadFirst.
-    head_epochs = getattr(config, "head_epochs", 0) or 0
-    if head_epochs:
-        callbacks.append(HeadFirst(head_epochs))
+    # Head-first fine-tuning (--head-epochs: epochs that train the head alone, the transfer
+    # recipe's 1): see cifar_lit.module.HeadFirst.
+    if config.head_epochs:
+        callbacks.append(HeadFirst(config.head_epochs))
     steps = max(1, len(dm.train_set) // config.batch_size)
     # A resumed fit logs beside the first attempt's CSV instead of overwriting it.
     stage = "fit" if ckpt_path is None else f"fit-resumed-{time.strftime('%H%M%S')}"

@@ -200,8 +200,8 @@ def test_script_help_answers_without_torch_prefect_or_wandb():
     for name in TrainConfig.model_fields:  # every field, each default said at most once
         assert _flag_help(text, flag(name)).count("(default") <= 1, name
     assert "(default: data)" in _flag_help(text, "--data-dir")
-    assert "{airnet94,airnet_m,airnet_s,seed_cnn}" in _flag_help(text, "--model")  # the registry's models
-    assert "{auto,seed,cpu-fast,cpu-long,gpu-fast}" in _flag_help(text, "--recipe")
+    assert "{airnet94,airnet_m,airnet_s,mobilenet_v3_small,resnet18,seed_cnn}" in _flag_help(text, "--model")  # the registry's models
+    assert "{auto,seed,cpu-fast,cpu-long,gpu-fast,transfer}" in _flag_help(text, "--recipe")
     assert "--compile, --no-compile" in text and "--force, --no-force" in text  # booleans are switches
     predict = _light("flows/predict_flow.py", "--help")
     assert predict.returncode == 0 and "--registry-dir" in predict.stdout, predict.stderr
@@ -226,7 +226,7 @@ def test_valid_flags_validate_without_torch_on_a_machine_without_gpu_driver():
     [
         (["--batch-size", "0"], "train_flow.py: error: --batch-size: Input should be greater than or equal to 1"),
         (["--model", "nope"], "train_flow.py: error: --model: unknown model 'nope'; known: airnet94, airnet_m, "
-                              "airnet_s, seed_cnn"),
+                              "airnet_s, mobilenet_v3_small, resnet18, seed_cnn"),
         (["--no-such-flag"], "train_flow.py: error: unrecognized arguments: --no-such-flag"),
     ],
 )
