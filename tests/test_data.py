@@ -206,3 +206,20 @@ def test_datamodule_image_folder(tmp_path, make_config):
     assert total == 33  # 30 + grey + rgba + big; the broken file is skipped
     xs = torch.stack([dm.train_set[i][0] for i in range(len(dm.train_set))])
     assert xs.shape[1:] == (3, 32, 32)
+
+
+def test_a_last_training_batch_of_one_image_is_dropped_and_only_that(tmp_path):
+    """BatchNorm networks (resnet18, mobilenet_v3_small, airnet) cannot train on a batch of one
+    image; the tutorial's per-sample loader keeps every other partial batch."""
+    from cifar_lit.config import TrainConfig
+
+    root = fakes.image_folder(tmp_path / "ds", per_class=12)
+    base = TrainConfig(recipe="seed", dataset="imagefolder", data_dir=root, num_workers=0, val_size=0.2, seed=1,
+                       output_dir=tmp_path / "out", wandb_mode="disabled")
+    dm = ImageDataModule(base)
+    dm.setup("fit")
+    n = len(dm.train_set)
+    for batch, sizes in ((n - 1, [n - 1]), (n - 2, [n - 2, 2])):
+        dm.config = base.model_copy(update={"batch_size": batch})
+        assert [len(y) for _, y in dm.train_dataloader()] == sizes
+    assert sum(len(y) for _, y in dm.val_dataloader()) == len(dm.val_set)  # never for evaluation

@@ -178,6 +178,9 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # Seeded shuffling: the same seed replays the same batches.
             generator=torch.Generator().manual_seed(c.seed) if shuffle else None,
+            # A last training batch of one image stops BatchNorm networks ("Expected more than 1
+            # value per channel"); only then is it dropped, so the tutorial's batches stay as they were.
+            drop_last=shuffle and len(dataset) % c.batch_size == 1,
         )
 
     def train_dataloader(self):
