@@ -17,11 +17,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torchvision import transforms
 
 from cifar_lit.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
 from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
-from cifar_lit.config import NOT_EFFECTIVE, TrainConfig
+from cifar_lit.config import NOT_EFFECTIVE, TORCHVISION_NETS, TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.model_file import ModelFileError, from_checkpoint, safe_load
 from cifar_lit.models import CATALOGUE, build_model
@@ -115,7 +114,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
         raise OutputDirError(f"output_dir: {config.out} already holds checkpoints; use a new --output-dir or --resume")
 
     pretrained = starts_pretrained(config)
-    dm = data_module(config, split_file, weights_normalisation(config) if pretrained else None)
+    dm = ImageDataModule(config, split_file, weights_normalisation(config) if pretrained else None)
     dm.setup("fit")
     # A resumed fit takes every weight from its checkpoint: no download, no weights file needed.
     model = build_classifier(config, dm, start_weights=ckpt_path is None)
@@ -181,9 +180,8 @@ def starts_pretrained(config: TrainConfig) -> bool:
 
 def _pretrained_nets(config: TrainConfig):
     """The module of the torchvision networks, for a model that is one of them; else one line."""
-    module = "cifar_lit.models.torchvision_nets"
-    if CATALOGUE.get(config.model) != module:
-        have = ", ".join(name for name, m in CATALOGUE.items() if m == module)
+    if CATALOGUE.get(config.model) != TORCHVISION_NETS:
+        have = ", ".join(name for name, m in CATALOGUE.items() if m == TORCHVISION_NETS)
         field = "weights_file" if config.weights_file is not None else "pretrained"
         raise ModelFileError(f"{field}: starting weights are for the torchvision networks ({have}), not {config.model!r}")
     import cifar_lit.models.torchvision_nets as nets
@@ -194,32 +192,6 @@ def _pretrained_nets(config: TrainConfig):
 def weights_normalisation(config: TrainConfig) -> tuple[list[float], list[float]]:
     """The mean and std the model's published weights expect (ImageNet's), for its inputs."""
     return _pretrained_nets(config).normalisation(config.model)
-
-
-class _Normalised(ImageDataModule):
-    """The data module with the inputs normalised by a given per-channel mean and std, in place
-    of its own (the tutorial's 0.5/0.5 on the PIL path, the training images' statistics on the
-    tensor path): pretrained weights expect the statistics they were trained with."""
-
-    def __init__(self, config: TrainConfig, split_file: Path | None, mean: list[float], std: list[float]) -> None:
-        super().__init__(config, split_file)
-        self.fixed = [float(m) for m in mean], [float(s) for s in std]
-        # PIL path: the per-sample transform the datasets are made with in setup().
-        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*self.fixed)])
-        self.mean, self.std = list(self.fixed[0]), list(self.fixed[1])
-
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        # Tensor path: setup() computed the training images' statistics; the batches, panels
-        # and whitening sample read mean/std from here afterwards.
-        self.mean, self.std = list(self.fixed[0]), list(self.fixed[1])
-
-
-def data_module(config: TrainConfig, split_file: Path | None, normalisation=None) -> ImageDataModule:
-    """The run's data module; with ``normalisation`` (mean, std), inputs normalised by those."""
-    if normalisation is None:
-        return ImageDataModule(config, split_file)
-    return _Normalised(config, split_file, *normalisation)
 
 
 def build_classifier(config: TrainConfig, dm: ImageDataModule, start_weights: bool = True) -> LitClassifier:
@@ -279,7 +251,7 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     model = load_classifier(Path(checkpoint))
     # A pretrained model's inputs are normalised as its checkpoint records (its weights' own
     # statistics), not by the data module's default.
-    dm = data_module(config, split_file, (model.hparams.mean, model.hparams.std) if starts_pretrained(config) else None)
+    dm = ImageDataModule(config, split_file, (model.hparams.mean, model.hparams.std) if starts_pretrained(config) else None)
     dm.setup("test")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

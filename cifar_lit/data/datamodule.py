@@ -24,8 +24,8 @@ from cifar_lit.data.tensors import DeviceBatches, channel_stats, split_views
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
-def tutorial_transform() -> transforms.Compose:
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+def tutorial_transform(mean=MEAN, std=STD) -> transforms.Compose:
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
 class ArrayImages(Dataset):
@@ -63,17 +63,21 @@ class ImageDataModule(L.LightningDataModule):
     Two data paths serve the same images: ``pil`` (the tutorial's per-sample transforms in a
     DataLoader) and ``tensor`` (``cifar_lit.data.tensors``: decoded once, batched on the device,
     normalised with the training images' own per-channel statistics).
+
+    ``normalisation`` (per-channel mean, std) replaces both paths' own: pretrained weights expect
+    the statistics they were trained with.
     """
 
-    def __init__(self, config: TrainConfig, split_file: Path | None = None) -> None:
+    def __init__(self, config: TrainConfig, split_file: Path | None = None, normalisation=None) -> None:
         super().__init__()
         self.config = config
         self.split_file = Path(split_file) if split_file else None
-        self.transform = tutorial_transform()
+        self.normalisation = None if normalisation is None else tuple([float(v) for v in x] for x in normalisation)
+        self.mean, self.std = self.normalisation or (list(MEAN), list(STD))
+        self.transform = tutorial_transform(self.mean, self.std)
         self.split: dict | None = None
         self.train_set = self.val_set = self.test_set = None
         self.tensors: dict[str, tuple] | None = None  # tensor path: part -> (pool images, labels, indices)
-        self.mean, self.std = list(MEAN), list(STD)
 
     def prepare_data(self) -> None:
         # With a split file the flow's download stage already prepared the data: skip the work.
@@ -134,8 +138,9 @@ class ImageDataModule(L.LightningDataModule):
             return
         # One uint8 pool (memory-mapped from the cache) that every part indexes into.
         self.tensors = split_views(split, root)
-        images, _, idx = self.tensors["train"]
-        self.mean, self.std = channel_stats(images, idx)
+        if self.normalisation is None:
+            images, _, idx = self.tensors["train"]
+            self.mean, self.std = channel_stats(images, idx)
         self.train_set, self.val_set, self.test_set = (self._indices(k) for k in ("train", "val", "test"))
 
     def _indices(self, part: str) -> torch.Tensor:
