@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cifar_lit.atomic import write_json_atomic
+
 CARD, ALIASES = "model.json", "aliases.json"
 ALIAS_NAMES = ("latest", "production")
 _VERSION = re.compile(r"v([1-9]\d*)")
@@ -57,12 +59,6 @@ class Version:
 
     def file(self, key: str = "model") -> Path:
         return self.path / self.card["files"][key]
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class Registry:
@@ -169,7 +165,7 @@ class Registry:
                 version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
                 full = {**card, "name": name, "version": version, "files": names,
                         "registered": datetime.now(UTC).isoformat(timespec="seconds")}
-                write_json_atomic(staging / CARD, full)
+                write_json_atomic(staging / CARD, full, indent=2, sort_keys=True)
                 os.rename(staging, folder / version)  # the version appears whole, or not at all
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -186,7 +182,7 @@ class Registry:
         if not update:
             return
         current = self.aliases(folder.name)
-        write_json_atomic(folder / ALIASES, {**current, **update})
+        write_json_atomic(folder / ALIASES, {**current, **update}, indent=2, sort_keys=True)
 
 
 def main(argv: list[str] | None = None) -> int:

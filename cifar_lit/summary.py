@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cifar_lit.atomic import write_json_atomic
 from cifar_lit.config import TrainConfig
-from cifar_lit.data.prepare import write_json_atomic
 from cifar_lit.provenance import code_version, git_commit
 
 

@@ -9,11 +9,10 @@ folder again.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cifar_lit.atomic import write_json_atomic
 from cifar_lit.data.cifar import SOURCES, cifar_classes, download_cifar
 from cifar_lit.data.imagefolder import CACHE_DIR, scan_imagefolder
 
@@ -40,15 +39,6 @@ class DataRef:
 def cache_dir(data_dir: Path) -> Path:
     """Where derived files (manifests, split files) live: beside the data they derive from."""
     return Path(data_dir) / CACHE_DIR
-
-
-def write_json_atomic(path: Path, obj) -> Path:
-    """Write through a temporary file and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-    return path
 
 
 def prepare_data(

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from cifar_lit.atomic import write_json_atomic
 from cifar_lit.data.cifar import load_cifar
 from cifar_lit.data.imagefolder import DataError
-from cifar_lit.data.prepare import DataRef, cache_dir, write_json_atomic
+from cifar_lit.data.prepare import DataRef, cache_dir
 
 log = logging.getLogger(__name__)
 CIFAR_SPLIT_VERSION = 1  # unchanged since version 1, so CIFAR fingerprints (and the registry's matches) hold
