@@ -202,13 +202,14 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 # through its fingerprint, not its path or mirror URL.
 NOT_EFFECTIVE = frozenset({
     "output_dir", "runs_dir", "registry_dir", "data_dir", "download_url", "num_workers", "prediction_samples",
+    "cache_max_gb",
     "wandb_mode", "wandb_project", "wandb_entity", "promote_margin", "force_promote", "force", "resume", "node_timeout",
 })
 
 # How --help groups the flags; every field is in exactly one group (a test checks).
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "data_dir", "download_url", "download_md5", "val_size", "test_size", "seed", "bad_images",
-             "val_dir", "test_dir", "min_per_class"),
+             "val_dir", "test_dir", "min_per_class", "image_size", "cache_max_gb"),
     "model": ("recipe", "model", "pretrained", "weights_file", "head_epochs", "tta"),
     "optimisation": ("batch_size", "max_epochs", "lr", "lr_batch", "optimizer", "muon_lr", "weight_decay", "patience",
                      "label_smoothing", "lr_schedule", "warmup", "max_time"),
@@ -259,6 +260,16 @@ class TrainConfig(BaseModel):
         None, ge=1,
         description="image folders: leave out, with a warning, classes with fewer images "
         "(default: a class too small for every split is an error)",
+    )
+    image_size: int | None = Field(
+        None, ge=8, le=1024,
+        description="side in pixels of the square images the network sees (default: 32 for CIFAR; image folders: "
+        "from the photos' size)",
+    )
+    cache_max_gb: float | None = Field(
+        None, gt=0,
+        description="largest decoded-image cache held in memory; bigger datasets stream from disk "
+        "(default: a share of this machine's memory)",
     )
     # model and optimisation (None: the recipe's value)
     model: str | None = Field(None, description="network from the model registry")
