@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from cifar_lit.config import EXAMPLES, FLAG_GROUPS, RECIPE_FIELDS, TrainConfig
+from cifar_lit.config import EXAMPLES, FLAG_GROUPS, TrainConfig
+from cifar_lit.recipes import RECIPE_FIELDS, resolve
 
 
 def flag(field: str) -> str:
@@ -43,6 +44,8 @@ def _choices(name: str, annotation) -> list[str] | None:
 def _default_text(model: type[BaseModel], name: str, default) -> str | None:
     if model is TrainConfig and name == "val_size":
         return "0 in the fast recipes, else 5000 for CIFAR, 0.1 for image folders"
+    if model is TrainConfig and name in ("batch_size", "max_epochs"):
+        return "from --recipe; smaller batches and more epochs on small datasets"
     if model is TrainConfig and name in RECIPE_FIELDS:
         return "from --recipe"
     if default is None or isinstance(default, bool):  # a switch off by default needs no note
@@ -96,9 +99,20 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, mod
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
     try:
-        return model(**given)
+        config = model(**given)
     except ValidationError as e:
         parser.error(describe_error(e, model))
+    if model is TrainConfig:
+        try:  # what only the recipe's values can show (e.g. --patience with a recipe without validation)
+            resolve(config)
+        except ValueError as e:
+            field, sep, rest = str(e).partition(": ")
+            parser.error(f"{flag(field)}: {rest}" if sep and field in model.model_fields else str(e))
+        # At the command line the data is on this machine, so a wrong folder is caught now; a
+        # flow parameter is not checked against the disk (it may be submitted from elsewhere).
+        if config.dataset == "imagefolder" and not (config.data_dir / "train").is_dir():
+            parser.error(f"--data-dir: {config.data_dir} has no train/ folder (expected DIR/train/<class>/*)")
+    return config
 
 
 def fail(prog: str, message: str) -> typing.NoReturn:

@@ -3,9 +3,10 @@
 The same object is the Prefect flow's parameters (validated, rendered as a form in the UI), the
 CLI's flags (see ``cifar_lit.cli``), the W&B run config and the checkpoint's hyperparameters.
 
-Recipes are named presets. Fields a recipe controls default to ``None`` ("the recipe decides") and
-are filled in by validation, so an explicit value always wins over the recipe and a UI form that
-leaves a field empty still gets the recipe's value.
+Recipes are named presets (``cifar_lit.recipes``). Fields a recipe controls default to ``None``
+("the recipe decides"): this object holds what the user gave, and ``cifar_lit.recipes.resolve``
+fills in the rest at the start of a run, for the machine and the data it finds. An explicit value
+always wins over the recipe, and a UI form that leaves a field empty still gets the recipe's value.
 
 This module imports neither torch nor Lightning, so the CLI can validate flags in milliseconds.
 """
@@ -14,189 +15,16 @@ from __future__ import annotations
 
 import re
 import secrets
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator, model_validator
 
-from cifar_lit.models import CATALOGUE
+from cifar_lit.recipes import TORCHVISION_NETS  # noqa: F401 - re-exported: train.py imports it from here
 from cifar_lit.redact import public_url
 
-TORCHVISION_NETS = "cifar_lit.models.torchvision_nets"  # the networks with published weights
-
 CIFAR_TRAIN_SIZE = 50_000
-
-_TUTORIAL_EXTRAS = {
-    "label_smoothing": 0.0,
-    "lr_schedule": "constant",
-    "warmup": 0.0,
-    "tta": 0,
-    "data_path": "pil",
-    "channels_last": False,
-    "compile": False,
-    "patience": 3,
-    "pretrained": False,
-    "head_epochs": 0,
-}
-# The fast recipes share the fast data path (tensors on the device, batched flip + translate),
-# Nesterov SGD with label smoothing 0.2 and a triangular learning-rate schedule, and flip +
-# translate test-time augmentation. EarlyStopping is off: the schedule decides the length.
-_FAST = {
-    "optimizer": "sgd",
-    "label_smoothing": 0.2,
-    "lr_schedule": "triangular",
-    "warmup": 0.2,
-    "tta": 2,
-    "data_path": "tensor",
-    "patience": 0,
-    "pretrained": False,
-    "head_epochs": 0,
-    # No validation split: with no early stopping there is nothing to select, so the fast
-    # recipes train on every image but the held-out test set, as airbench does (5,000 more
-    # images were worth about 1 point in 4 epochs here). --val-size N brings val curves back.
-    "val_size": 0,
-    # lr is quoted per 1024 examples and scales linearly with the batch size, so --batch-size
-    # alone keeps the optimisation comparable. With weight decay coupled to the lr (torch SGD),
-    # the decay per example then stays constant too.
-    "lr_batch": 1024,
-}
-# A recipe value, not a Lightning precision: "bf16-mixed" on a CPU with AMX tiles, else "32-true".
-BF16_WITH_AMX = "bf16-mixed if AMX else 32-true"
-
-RECIPES: dict[str, dict[str, Any]] = {
-    # The tutorial this project grows from (W&B's "Image classification with PyTorch Lightning"):
-    # its small CNN, batch 32, Adam at 2e-4, 2 epochs, EarlyStopping on val_loss, per-sample PIL
-    # transforms.
-    "seed": {
-        "model": "seed_cnn",
-        "batch_size": 32,
-        "max_epochs": 2,
-        "lr": 2e-4,
-        "lr_batch": 0,
-        "optimizer": "adam",
-        "weight_decay": 0.0,
-        "precision": "32-true",
-        **_TUTORIAL_EXTRAS,
-    },
-    # The fastest CPU recipe measured here (bench/). channels_last; bf16 autocast only where
-    # the CPU has AMX: without it (this project's 2-core Xeon) bf16 convolutions and matrix
-    # products ran slower than float32 (see README, Performance). Flip-only TTA: adding 1px
-    # shifts costs 3x the test passes for no gain beyond noise on CPU-sized networks.
-    "cpu-fast": {
-        **_FAST,
-        "tta": 1,
-        # A wider second group (32/96/128) scored higher at 4 epochs but lost at equal time
-        # (fewer epochs); see README, Performance.
-        "model": "airnet_s",
-        # Batch 256 beat 512 on this 2-core CPU in both speed and accuracy (4 epochs, held-out
-        # JPEG test: 88 s and 82.3% against about 100 s and 80.3%, plain loop). lr 2.4 per 1024
-        # examples (0.6 at batch 256) gave 83.4% against 82.8% (1.6) and 83.0% (3.2): a flat
-        # optimum, within run-to-run noise.
-        "batch_size": 256,
-        "max_epochs": 4,
-        # Muon on the conv filters (cifar_lit.optim): 84.7% held out at its lr 0.11 and momentum
-        # 0.6, 83.7-84.8% across lr 0.07-0.16 and momentum 0.4-0.8, against 82.9% with Nesterov
-        # SGD on every weight (plain loop, same 4 epochs).
-        "optimizer": "muon",
-        "lr": 2.4,
-        "weight_decay": 5e-4,
-        "precision": BF16_WITH_AMX,
-        "channels_last": True,
-        "compile": False,
-    },
-    # The same network trained about three times as long, for a better model when time allows.
-    # Longer beat wider at equal time: airnet_s for 14 epochs reached 87.4%, airnet_m (64/128/256)
-    # for 4.5 epochs 86.0% (40,000 JPEG images, plain loop).
-    "cpu-long": {
-        **_FAST,
-        "model": "airnet_s",
-        "batch_size": 256,
-        "max_epochs": 13,
-        "tta": 1,
-        # Muon's gain fades with length: 87.2% at 13 epochs against SGD's 87.4% at 14 in about
-        # the same time (its orthogonalisation adds about 7% per step here). SGD stays.
-        "optimizer": "sgd",
-        "lr": 2.4,
-        "weight_decay": 5e-4,
-        "precision": BF16_WITH_AMX,
-        "channels_last": True,
-        "compile": False,
-    },
-    # The airbench-sized network for one GPU: bf16 autocast, batch 1024, 10 epochs.
-    "gpu-fast": {
-        **_FAST,
-        "model": "airnet94",
-        "batch_size": 1024,
-        "max_epochs": 10,
-        # Not tuned on a GPU yet: between airbench's 1.5 per 1024 (which adds a 64x lr on
-        # BatchNorm biases) and the CPU optimum of 2.4.
-        "lr": 2.0,
-        "weight_decay": 5e-4,
-        "precision": "bf16-mixed",
-        "channels_last": True,
-        "compile": False,
-    },
-    # Fine-tuning ImageNet weights (torchvision's MobileNetV3-Small: the cheapest network with
-    # published weights) on the 32 px images of this pipeline: the head alone for the first epoch,
-    # then the whole network, AdamW with a triangular schedule. Not tuned yet: no published
-    # weights can be downloaded where this was written (--weights-file loads a saved copy).
-    "transfer": {
-        **_TUTORIAL_EXTRAS,
-        "model": "mobilenet_v3_small",
-        "pretrained": True,
-        "head_epochs": 1,
-        "batch_size": 64,
-        "max_epochs": 6,
-        "lr": 1e-3,
-        "lr_batch": 0,
-        "optimizer": "adamw",
-        "weight_decay": 1e-4,
-        "label_smoothing": 0.1,
-        "lr_schedule": "triangular",
-        "warmup": 0.1,
-        "tta": 1,
-        "data_path": "tensor",
-        "patience": 0,
-        "precision": "32-true",
-    },
-}
-RECIPE_NAMES = ("auto", *RECIPES)
-
-# Fields whose ``None`` means "take the recipe's value".
-RECIPE_FIELDS = tuple(RECIPES["seed"])  # val_size too, though "seed" leaves it to the dataset default
-
-
-def wants_gpu(accelerator: str) -> bool:
-    """True when training will run on a CUDA GPU (``auto`` asks torch)."""
-    if accelerator in ("gpu", "cuda"):
-        return True
-    if accelerator != "auto" or not gpu_driver_loaded():
-        return False
-    import torch  # lazy, and only where a GPU may exist: importing torch takes seconds
-
-    return torch.cuda.is_available()
-
-
-# What a loaded NVIDIA (or AMD ROCm) kernel driver exposes on Linux, containers included.
-GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
-
-
-def gpu_driver_loaded() -> bool:
-    """False when this Linux machine has no GPU driver, so torch cannot see a GPU either: the
-    recipe is then decided without importing torch. Elsewhere, True (torch is asked)."""
-    if not sys.platform.startswith("linux"):
-        return True
-    return any(Path(p).exists() for p in GPU_DRIVER_PATHS)
-
-def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU reports AMX bf16 tiles (Linux; False where that cannot be read)."""
-    try:
-        return "amx_bf16" in cpuinfo.read_text().split()
-    except OSError:
-        return False
-
 
 # Fields that name or place things, or only change what is shown; the data's content is compared
 # through its fingerprint, not its path or mirror URL.
@@ -405,46 +233,27 @@ class TrainConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _fill_and_check(self) -> TrainConfig:
-        if self.recipe == "auto":
-            object.__setattr__(self, "recipe", "gpu-fast" if wants_gpu(self.accelerator) else "cpu-fast")
-        # object.__setattr__: filling defaults must not re-trigger validate_assignment recursively.
-        for name, value in RECIPES[self.recipe].items():
-            if getattr(self, name) is None:
-                if value == BF16_WITH_AMX:
-                    value = "bf16-mixed" if cpu_has_amx() else "32-true"
-                object.__setattr__(self, name, value)
-        if self.val_size is None:
-            object.__setattr__(self, "val_size", 0.1 if self.dataset == "imagefolder" else 5000)
-        if self.patience and self.val_size == 0:
-            raise ValueError("patience: EarlyStopping watches val_loss, so it needs --val-size above 0 (or --patience 0)")
-        if self.dataset == "imagefolder":
-            if not (self.data_dir / "train").is_dir():
-                raise ValueError(f"data_dir: {self.data_dir} has no train/ folder (expected DIR/train/<class>/*)")
-        elif isinstance(self.val_size, int) and self.val_size >= CIFAR_TRAIN_SIZE:
+    def _check(self) -> TrainConfig:
+        """Checks between fields that need neither the recipe's values (``cifar_lit.recipes``
+        checks those when it fills them in) nor the disk: a flow parameter is validated where
+        the run is submitted, which may not be where its data is."""
+        if self.dataset != "imagefolder" and isinstance(self.val_size, int) and self.val_size >= CIFAR_TRAIN_SIZE:
             raise ValueError(f"val_size: {self.val_size} must be smaller than the {CIFAR_TRAIN_SIZE} training images")
         if self.resume and self.output_dir is None:
             raise ValueError("resume: name the run to continue with --output-dir")
         if (self.download_url is None) != (self.download_md5 is None) and self.dataset != "imagefolder":
             raise ValueError("download_md5: a mirror needs both --download-url and --download-md5")
-        return self
-
-    @model_validator(mode="after")
-    def _check_start_weights(self) -> TrainConfig:
-        """After the recipe is filled in (the validator above): the starting weights exist."""
-        if self.pretrained and CATALOGUE.get(self.model) != TORCHVISION_NETS:
-            published = ", ".join(n for n, m in CATALOGUE.items() if m == TORCHVISION_NETS)
-            raise ValueError(f"pretrained: published weights exist for {published}; not for {self.model}")
         if self.weights_file is not None and not self.weights_file.is_file():
             raise ValueError(f"weights_file: {self.weights_file} is not a file")
         return self
 
     # ---- derived values ------------------------------------------------------------------
     def run_name(self, when: datetime | None = None) -> str:
-        """A readable, unique run name, e.g. ``cifar10-seed_cnn-e2-20261127-163000-3f2a``: the
-        random suffix keeps two runs started in the same second out of each other's output dir."""
+        """A readable, unique run name, e.g. ``cifar10-seed_cnn-20261127-163000-3f2a``: the
+        random suffix keeps two runs started in the same second out of each other's output dir.
+        (No epoch count: on a small dataset it is chosen after the split, see ``cifar_lit.recipes``.)"""
         stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
-        return f"{self.dataset_name()}-{self.model}-e{self.max_epochs}-{stamp}-{secrets.token_hex(2)}"
+        return f"{self.dataset_name()}-{self.network()}-{stamp}-{secrets.token_hex(2)}"
 
     def with_output_dir(self, run_name: str | None = None) -> TrainConfig:
         """This config with ``output_dir`` resolved (``runs/<run name>`` when unset)."""
@@ -467,7 +276,23 @@ class TrainConfig(BaseModel):
         'cifar10-seed_cnn'
         """
         # W&B artifact names allow letters, digits, '-', '_' and '.'.
-        return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self.dataset_name()}-{self.model}")
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self.dataset_name()}-{self.network()}")
+
+    def network(self) -> str:
+        """``model``, or the network its recipe would choose on this machine."""
+        if self.model is not None:
+            return self.model
+        from cifar_lit.recipes import resolve
+
+        return resolve(self).model
+
+    @property
+    def is_resolved(self) -> bool:
+        """True once ``cifar_lit.recipes.resolve`` has filled in every recipe field, the data's included."""
+        from cifar_lit.recipes import DATA_FIELDS, RECIPE_FIELDS
+
+        return self.recipe != "auto" and self.val_size is not None and all(
+            getattr(self, name) is not None for name in (*RECIPE_FIELDS, *DATA_FIELDS))
 
     def effective(self) -> dict[str, Any]:
         """What decides the trained model: the config without names, places and switches that

@@ -38,7 +38,7 @@ def device_count(config: TrainConfig) -> int:
 
 
 def _visible_devices(config: TrainConfig) -> int:
-    from cifar_lit.config import wants_gpu
+    from cifar_lit.recipes import wants_gpu
 
     if wants_gpu(config.accelerator):
         import torch

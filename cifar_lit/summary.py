@@ -18,6 +18,7 @@ def build_summary(
     data_fingerprint: str,
     wandb: dict,
     data: dict | None = None,
+    recipe: dict | None = None,
     export: dict | None = None,
     promotion: dict | None = None,
 ) -> dict[str, Any]:
@@ -43,6 +44,8 @@ def build_summary(
         "skipped_files": (data or {}).get("skipped_files", []),  # [path, reason] of each image file left out
         # Image counts: train/val/test, per class and split (image folders), skipped files.
         "data": data,
+        # The recipe, and the batch size and epochs it chose for a small dataset (cifar_lit.recipes).
+        "recipe": recipe,
         "per_class": test["per_class"],
         # A model that collapsed onto one class, or does no better than guessing the largest
         # one: the run still completes (its numbers are true), but says so everywhere it reports.
@@ -95,6 +98,10 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _recipe_note(summary: dict[str, Any]) -> str | None:
+    return (summary.get("recipe") or {}).get("note")
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     if summary.get("skipped"):
         m = summary["matched"]
@@ -131,6 +138,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             *rows,
             "",
             verdict,
+            "",
+            f"**Recipe**: {summary['config']['recipe']}" + (f"; {note}" if (note := _recipe_note(summary)) else ""),
             "",
             f"**W&B**: {where}",
             "",

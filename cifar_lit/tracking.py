@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -61,6 +62,14 @@ def _active_run():
     import wandb
 
     return wandb.run
+
+
+def update_config(config: TrainConfig) -> None:
+    """The active run's config becomes ``config``: a run started before the recipe was resolved
+    for the data (library use) shows what trained, not the ``None`` it was started with."""
+    wandb = sys.modules.get("wandb")  # no run without wandb imported: no import just to check
+    if wandb is not None and wandb.run is not None:
+        wandb.run.config.update(config.as_dict(), allow_val_change=True)
 
 
 def start_run(config: TrainConfig, name: str | None = None, job_type: str = "pipeline"):

@@ -38,6 +38,7 @@ from cifar_lit.export import model_dir
 from cifar_lit.machine import MachineError, check_machine
 from cifar_lit.model_file import MODEL_FILE, TORCHSCRIPT_FILE
 from cifar_lit.promote import card, unchanged
+from cifar_lit.recipes import DataSize, plan, recipe_summary, resolve
 from cifar_lit.rundir import OutputDirError, check_writable, own_output_dir
 from cifar_lit.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
 from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
@@ -48,7 +49,7 @@ def _run_name() -> str:
     config = flow_run.parameters.get("config") or TrainConfig()
     if isinstance(config, dict):
         config = TrainConfig(**config)
-    return config.run_name()
+    return resolve(config).run_name()
 
 
 def _artifact_key(config: TrainConfig, what: str) -> str:
@@ -63,7 +64,8 @@ DEFAULT_CONFIG = TrainConfig()
 @flow(name="train", flow_run_name=_run_name, log_prints=True)
 def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> dict:
     """Train, test, export and promote an image classifier; returns the run summary."""
-    config = config.with_output_dir(flow_run.get_name())
+    # The recipe for this machine, once (cifar_lit.recipes); the data's share after the split.
+    config = resolve(config).with_output_dir(flow_run.get_name())
     with own_output_dir(config.out, resume=config.resume):
         return _train(config)
 
@@ -85,6 +87,12 @@ def _train(config: TrainConfig) -> dict:
     )
     fingerprint = split_path.stem.removeprefix("split-")
     staged = stage_split(split_file, out)
+    # Batch size, epochs and image size for this data: a few hundred photos get smaller batches
+    # and more epochs than CIFAR's 50,000 images (what the user gave is kept).
+    recipe = plan(config, data=DataSize.of_split(read_split(staged)))
+    config = recipe.config
+    if recipe.describe():
+        logger.info("%s", recipe.describe())
 
     match = None if config.force else unchanged(config, fingerprint)
     if match is not None:  # the nightly case: nothing to learn that production does not know
@@ -105,7 +113,8 @@ def _train(config: TrainConfig) -> dict:
         data = data_counts(read_split(staged), tested["classes"], ref.skipped_reasons)
         if data["test"] is None:  # CIFAR's test batch is not in the split: count what was tested
             data["test"] = sum(map(sum, tested["confusion"]))
-        parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint, data=data)
+        parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint, data=data,
+                     recipe=recipe_summary(recipe))
         # Written before anything talks to W&B or the registry: a later failure loses nothing.
         write_summary(out / "summary.json", build_summary(**parts, wandb=tracking.run_info()))
         export_state = export_checkpoint(

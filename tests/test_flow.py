@@ -56,7 +56,7 @@ def test_end_to_end_then_cached_rerun(make_config, server, tmp_path):
     assert all(t.state.is_completed() for t in tasks.values())
     assert summary["promotion"]["promoted"] and summary["promotion"]["version"] == "v1"
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(run_id).name.startswith("cifar10-seed_cnn-e2-")
+        assert client.read_flow_run(run_id).name.startswith("cifar10-seed_cnn-")
 
     arts = _artifacts(run_id)
     assert f"{summary['test_acc']:.4f}" in arts["markdown"].data and "wandb sync" in arts["markdown"].data

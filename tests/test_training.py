@@ -61,7 +61,9 @@ def test_fit_learns_checkpoints_and_tests(make_config):
     assert losses[-1] < losses[0]
     assert result.metrics["best_val_acc"] > 0.2 and result.fit_seconds > 0
     ckpt = torch.load(result.best_checkpoint, weights_only=False)
-    assert ckpt["hyper_parameters"]["config"] == cfg.as_dict()  # the config is the hyperparameters
+    # The config, as resolved for this machine and data, is the hyperparameters.
+    assert ckpt["hyper_parameters"]["config"] == dm.config.as_dict() and dm.config.is_resolved
+    assert {k: v for k, v in cfg.as_dict().items() if v is not None}.items() <= dm.config.as_dict().items()
     assert (cfg.out / "checkpoints" / "last.ckpt").is_file()
 
     model = load_classifier(result.best_checkpoint)

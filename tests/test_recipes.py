@@ -1,0 +1,187 @@
+"""Recipes: resolved once per run, for the hardware and the data it finds (cifar_lit.recipes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cifar_lit import recipes
+from cifar_lit.cli import parse_config
+from cifar_lit.config import TrainConfig
+from cifar_lit.recipes import RECIPES, DataSize, Hardware, fit_to_data, plan, resolve
+
+CPU, AMX_CPU, GPU = Hardware(gpu=False, amx=False), Hardware(gpu=False, amx=True), Hardware(gpu=True, amx=False)
+CIFAR = DataSize(45_000)
+
+
+def test_a_config_holds_what_the_user_gave_until_resolved():
+    c = TrainConfig(batch_size=64)
+    assert (c.recipe, c.model, c.max_epochs, c.batch_size) == ("auto", None, None, 64)
+    assert not c.is_resolved
+    r = resolve(c, CPU, CIFAR)
+    assert r.is_resolved and (r.recipe, r.model, r.batch_size) == ("cpu-fast", "airnet_s", 64)
+    assert resolve(r, GPU, DataSize(10)) == r  # idempotent: nothing left to decide
+
+
+def test_seed_recipe_is_the_tutorial():
+    c = resolve(TrainConfig(recipe="seed"), CPU, CIFAR)
+    assert (c.model, c.batch_size, c.max_epochs, c.lr, c.optimizer) == ("seed_cnn", 32, 2, 2e-4, "adam")
+    assert c.val_size == 5000 and c.patience == 3 and c.precision == "32-true" and c.image_size == 32
+    assert (c.data_path, c.tta, c.label_smoothing, c.lr_schedule) == ("pil", 0, 0.0, "constant")
+
+
+def test_auto_recipe_follows_the_hardware():
+    assert resolve(TrainConfig(), CPU).recipe == "cpu-fast"
+    assert resolve(TrainConfig(), GPU).recipe == "gpu-fast"
+    assert resolve(TrainConfig(accelerator="cpu")).recipe == "cpu-fast"
+    assert resolve(TrainConfig(accelerator="gpu")).recipe == "gpu-fast"
+    assert resolve(TrainConfig()).recipe == ("gpu-fast" if torch.cuda.is_available() else "cpu-fast")
+
+
+def test_without_a_gpu_driver_the_recipe_is_chosen_without_asking_torch(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what torch would say on a GPU machine
+    monkeypatch.setattr(recipes, "GPU_DRIVER_PATHS", (str(tmp_path / "nvidiactl"),))
+    assert not recipes.gpu_driver_loaded() and resolve(TrainConfig()).recipe == "cpu-fast"  # torch not asked
+    (tmp_path / "nvidiactl").touch()
+    assert recipes.gpu_driver_loaded() and resolve(TrainConfig()).recipe == "gpu-fast"  # a driver: torch decides
+
+
+def test_validation_probes_no_hardware_and_no_disk(monkeypatch, tmp_path):
+    """A flow parameter validates anywhere (a UI form, another machine): no GPU or CPU probe, no
+    look at the data folder; those happen when the run resolves its recipe or reads its data."""
+    def probe(*_):
+        raise AssertionError("validation probed the hardware")
+
+    monkeypatch.setattr(recipes, "wants_gpu", probe)
+    monkeypatch.setattr(recipes, "cpu_has_amx", probe)
+    c = TrainConfig(dataset="imagefolder", data_dir=tmp_path / "not-here", recipe="cpu-fast")
+    assert TrainConfig(**c.as_dict()) == c
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_resolves_every_field_and_round_trips(name):
+    c = resolve(TrainConfig(recipe=name), CPU, CIFAR)
+    assert c.is_resolved
+    assert all(getattr(c, f) is not None for f in RECIPES["seed"])
+    assert TrainConfig(**c.as_dict()) == c
+
+
+def test_explicit_values_beat_the_recipe():
+    c = resolve(TrainConfig(recipe="seed", batch_size=64, lr=0.01), CPU, CIFAR)
+    assert (c.batch_size, c.lr, c.max_epochs) == (64, 0.01, RECIPES["seed"]["max_epochs"])
+
+
+def test_val_size_defaults_depend_on_recipe_and_dataset(tmp_path):
+    assert resolve(TrainConfig(recipe="seed", dataset="cifar100")).val_size == 5000
+    assert resolve(TrainConfig(recipe="seed", dataset="imagefolder", data_dir=tmp_path)).val_size == 0.1
+    # The fast recipes stop by schedule, not EarlyStopping: no images are set aside to validate.
+    for recipe in ("cpu-fast", "cpu-long", "gpu-fast"):
+        assert resolve(TrainConfig(recipe=recipe, dataset="cifar100")).val_size == 0
+    assert resolve(TrainConfig(recipe="cpu-fast", val_size=5000)).val_size == 5000
+    assert resolve(TrainConfig(recipe="seed", val_size=0.0, patience=0)).val_size == 0
+
+
+def test_what_needs_the_recipe_is_checked_when_it_is_resolved(capsys):
+    with pytest.raises(ValueError, match="patience.*--val-size"):
+        resolve(TrainConfig(recipe="seed", val_size=0))
+    with pytest.raises(ValueError, match="pretrained: published weights exist for .*not for seed_cnn"):
+        resolve(TrainConfig(recipe="seed", pretrained=True))
+    # At the command line: one line naming the flag, exit 2.
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--recipe", "seed", "--val-size", "0"], prog="train_flow.py")
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "train_flow.py: error: --patience: EarlyStopping watches val_loss, so it needs --val-size above 0 "
+        "(or --patience 0)"]
+
+
+def test_cpu_recipes_take_bf16_only_where_the_cpu_has_amx(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    assert recipes.cpu_has_amx(info)
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16\n")  # bf16 vector instructions alone are not enough
+    assert not recipes.cpu_has_amx(info)
+    assert not recipes.cpu_has_amx(tmp_path / "missing")
+    for hardware, precision in ((AMX_CPU, "bf16-mixed"), (CPU, "32-true")):
+        assert resolve(TrainConfig(recipe="cpu-fast"), hardware).precision == precision
+        assert resolve(TrainConfig(recipe="cpu-long"), hardware).precision == precision
+        assert resolve(TrainConfig(recipe="cpu-fast", precision="32-true"), hardware).precision == "32-true"
+        assert resolve(TrainConfig(recipe="gpu-fast"), hardware).precision == "bf16-mixed"
+
+
+def test_fast_recipes_quote_lr_per_1024_examples():
+    c = resolve(TrainConfig(recipe="cpu-fast"), CPU, CIFAR)
+    assert (c.lr, c.lr_batch, c.batch_size, c.step_lr) == (2.4, 1024, 256, 0.6)
+    # A different batch keeps the per-example step: the optimizer's lr scales with it.
+    assert resolve(TrainConfig(recipe="cpu-fast", batch_size=512), CPU, CIFAR).step_lr == 1.2
+    # lr_batch 0: the lr as given, whatever the batch (the tutorial recipe's Adam).
+    assert resolve(TrainConfig(recipe="seed", batch_size=64), CPU, CIFAR).step_lr == 2e-4
+    assert resolve(TrainConfig(recipe="cpu-fast", lr=0.1, lr_batch=0), CPU, CIFAR).step_lr == 0.1
+
+
+# ---- small data ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_cifar_sized_data_trains_as_the_recipe_says(recipe):
+    p = plan(TrainConfig(recipe=recipe), CPU, DataSize(50_000))
+    assert (p.config.batch_size, p.config.max_epochs) == (RECIPES[recipe]["batch_size"], RECIPES[recipe]["max_epochs"])
+    assert p.adapted == {} and p.describe() is None
+
+
+@pytest.mark.parametrize("n", [20, 100, 245, 650, 2_000, 5_000])
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_small_data_gets_enough_steps_per_epoch_and_in_all(recipe, n):
+    c = resolve(TrainConfig(recipe=recipe), CPU, DataSize(n))
+    steps = n // c.batch_size
+    assert c.batch_size <= RECIPES[recipe]["batch_size"]
+    assert steps >= recipes.MIN_STEPS_PER_EPOCH or c.batch_size == recipes.SMALLEST_BATCH
+    assert c.batch_size == RECIPES[recipe]["batch_size"] or n // (2 * c.batch_size) < recipes.MIN_STEPS_PER_EPOCH
+    assert steps * c.max_epochs >= recipes.MIN_STEPS or c.max_epochs == recipes.MAX_SCALED_EPOCHS
+    assert c.max_epochs >= RECIPES[recipe]["max_epochs"]
+
+
+def test_what_the_user_gave_is_never_adapted():
+    small = DataSize(650)
+    assert fit_to_data(256, 4, 650, batch_given=False, epochs_given=False) == (32, 30)
+    c = resolve(TrainConfig(recipe="cpu-fast", batch_size=256, max_epochs=4), CPU, small)
+    assert (c.batch_size, c.max_epochs) == (256, 4)
+    c = resolve(TrainConfig(recipe="cpu-fast", max_epochs=4), CPU, small)
+    assert (c.batch_size, c.max_epochs) == (32, 4)
+    c = resolve(TrainConfig(recipe="cpu-fast", batch_size=64), CPU, small)  # 10 steps an epoch: 60 epochs
+    assert (c.batch_size, c.max_epochs) == (64, 60)
+
+
+def test_the_adaptation_is_said_in_one_line_and_in_the_summary_block():
+    p = plan(TrainConfig(recipe="cpu-fast"), CPU, DataSize(650))
+    assert p.adapted == {"batch_size": (256, 32), "max_epochs": (4, 30)}
+    assert p.describe() == ("small dataset (650 training images): batch_size 256 -> 32, max_epochs 4 -> 30 "
+                            "(20 steps per epoch, 600 in all)")
+    block = recipes.recipe_summary(p)
+    assert json.loads(json.dumps(block)) == {
+        "name": "cpu-fast", "n_train": 650, "note": p.describe(),
+        "adapted": {"batch_size": {"recipe": 256, "chosen": 32}, "max_epochs": {"recipe": 4, "chosen": 30}}}
+
+
+def test_a_standalone_fit_on_a_small_folder_takes_the_adapted_batch(tmp_path):
+    """cifar_lit.train.fit with an unresolved config resolves it for its split: 64 training
+    images under cpu-fast train in batches of 16 (4 steps an epoch), not one batch of 256."""
+    from tests import fakes
+
+    from cifar_lit.data.datamodule import ImageDataModule
+    from cifar_lit.train import fit
+
+    root = fakes.image_folder(tmp_path / "photos", classes=("a", "b"), per_class=40)
+    cfg = TrainConfig(recipe="cpu-fast", dataset="imagefolder", data_dir=root, max_epochs=1, test_size=16,
+                      accelerator="cpu", devices=1, num_workers=0, wandb_mode="disabled", prediction_samples=0,
+                      output_dir=tmp_path / "out")
+    dm = ImageDataModule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.split["train"]) == 64
+    result = fit(cfg, dm.split_file)
+    ckpt = torch.load(result.last_checkpoint, weights_only=True)
+    saved = ckpt["hyper_parameters"]["config"]
+    assert (saved["batch_size"], saved["max_epochs"], saved["recipe"]) == (16, 1, "cpu-fast")
+    assert ckpt["global_step"] == 4
