@@ -44,6 +44,25 @@ def known_models() -> list[str]:
     return sorted(set(CATALOGUE) | set(MODELS))
 
 
+def check_input_size(net: nn.Module, name: str, size: int) -> None:
+    """Every network here takes square images of any side from 16 px (their last pooling layers
+    are adaptive); below what one can take, a one-line ``DataError`` naming ``image_size``
+    instead of a shape error in the first training step."""
+    import torch
+
+    from cifar_lit.data.imagefolder import DataError
+
+    mode = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(2, 3, size, size))  # eval: BatchNorm statistics untouched
+    except RuntimeError as e:
+        raise DataError(f"image_size: {size} px is too small for model {name} "
+                        f"({' '.join(str(e).split())[:160]})") from None
+    finally:
+        net.train(mode)
+
+
 def build_model(name: str, num_classes: int) -> nn.Module:
     if name not in MODELS and name in CATALOGUE:
         importlib.import_module(CATALOGUE[name])

@@ -45,7 +45,9 @@ class AirNet(nn.Module):
         self.groups = nn.Sequential(
             ConvGroup(2 * dims, widths[0]), ConvGroup(widths[0], widths[1]), ConvGroup(widths[1], widths[2])
         )
-        self.pool = nn.MaxPool2d(3)  # 32 -> 31 (whiten) -> 15 -> 7 -> 3 -> 1
+        # A global max-pool: 32 -> 31 (whiten) -> 15 -> 7 -> 3 -> 1, as the record's MaxPool2d(3);
+        # at other sizes (10 px and up) whatever the last group leaves, 64 -> 7x7, 96 -> 11x11.
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         # A small output scale keeps early logits (and the loss's gradients) tame at high lr.
         self.scale = scale
