@@ -2,8 +2,8 @@
 
 CIFAR: download, checksum and extract (once). Image folders: decode every file once, drop or
 reject unreadable ones, and write a manifest of the usable samples (train, and the validation
-and test folders when there are any) beside the data, so later stages never decode the whole
-folder again.
+and test folders when there are any) and their sizes beside the data, so later stages never
+decode the whole folder again.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cifar_lit.atomic import write_json_atomic
 from cifar_lit.data.cifar import SOURCES, cifar_classes, download_cifar
-from cifar_lit.data.imagefolder import CACHE_DIR, scan_imagefolder
+from cifar_lit.data.imagefolder import CACHE_DIR, SCAN_FORMAT, scan_imagefolder
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,10 @@ def prepare_data(
     # Written on every scan, so a deleted manifest is back as soon as the stage runs again. Its
     # name is the fingerprint, which covers which folder plays which part.
     manifest = cache_dir(data_dir) / f"manifest-{scan.fingerprint[:16]}.json"
-    write_json_atomic(manifest, {"classes": scan.classes, "train": scan.train, "val": scan.val, "test": scan.test,
-                                 "val_folder": scan.val_folder, "test_folder": scan.test_folder,
-                                 "skipped": scan.skipped_reasons})
+    # "sizes": part -> [width, height] of each sample of that part, in order (the split's median_side).
+    write_json_atomic(manifest, {"format": SCAN_FORMAT, "classes": scan.classes, "train": scan.train,
+                                 "val": scan.val, "test": scan.test, "val_folder": scan.val_folder,
+                                 "test_folder": scan.test_folder, "skipped": scan.skipped_reasons,
+                                 "sizes": scan.sizes})
     return DataRef(dataset, data_dir, scan.fingerprint, tuple(scan.classes), tuple(scan.skipped), manifest,
                    tuple(tuple(pair) for pair in scan.skipped_reasons))

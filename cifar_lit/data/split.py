@@ -21,14 +21,16 @@ import torch
 
 from cifar_lit.atomic import write_json_atomic
 from cifar_lit.data.cifar import load_cifar
-from cifar_lit.data.imagefolder import DataError
+from cifar_lit.data.imagefolder import SCAN_FORMAT, DataError, median_side
 from cifar_lit.data.prepare import DataRef, cache_dir
 
 log = logging.getLogger(__name__)
 CIFAR_SPLIT_VERSION = 1  # unchanged since version 1, so CIFAR fingerprints (and the registry's matches) hold
 # 2: stratified hold-outs, val/ folders, nested images, min_per_class. Version 1 image-folder
 # splits are refused by ``read_split`` and never reused: their fingerprint lacks the version.
-FOLDER_SPLIT_VERSION = 2
+# 3: "median_side", the median shorter side of the train images (the default image size's input).
+# Version 2 files lack it and are refused too; the version is in the fingerprint, so in the name.
+FOLDER_SPLIT_VERSION = 3
 
 
 def resolve_count(size: int | float, n: int, name: str, allow_zero: bool = False) -> int:
@@ -183,6 +185,9 @@ def _amount(size: int | float) -> str:
 
 def _folder_split(ref: DataRef, val_size, test_size, seed: int, data_dir: Path, min_per_class: int | None) -> Path:
     manifest = json.loads(Path(ref.manifest).read_text())
+    if manifest.get("format") != SCAN_FORMAT:  # an older scan's: no image sizes, other pixels
+        raise DataError(f"{ref.manifest}: made by another cifar_lit version (scan format {manifest.get('format', 2)}, "
+                        f"not {SCAN_FORMAT}); run again so that the data stage scans the folder again")
     classes = manifest["classes"]
     left_out = _leave_out(classes, Counter(label for _, label in manifest["train"]), min_per_class)
     relabel = {old: new for new, old in enumerate(c for c, name in enumerate(classes) if name not in left_out)}
@@ -192,6 +197,7 @@ def _folder_split(ref: DataRef, val_size, test_size, seed: int, data_dir: Path, 
         return None if samples is None else [[rel, relabel[label]] for rel, label in samples if label in relabel]
 
     pool, val_folder, test_folder = kept(manifest["train"]), kept(manifest.get("val")), kept(manifest.get("test"))
+    pool_sizes = [size for (_, label), size in zip(manifest["train"], manifest["sizes"]["train"]) if label in relabel]
     for part, samples, folder in (("val", val_folder, manifest.get("val_folder")),
                                   ("test", test_folder, manifest.get("test_folder"))):
         if samples == []:
@@ -235,6 +241,9 @@ def _folder_split(ref: DataRef, val_size, test_size, seed: int, data_dir: Path, 
         "val": parts["val"],
         "test": parts["test"],  # indices into "samples", as train and val
         "samples": samples,
+        # The median shorter side in pixels of the train images, as decoded: what
+        # cifar_lit.data.imagefolder.default_image_size picks an image size from.
+        "median_side": median_side([pool_sizes[i] for i in parts["train"]]),
     }
     log.info("%s", describe_split(doc))
     return write_json_atomic(split_file_path(ref, val_size, test_size, seed, data_dir, min_per_class), doc)
@@ -259,10 +268,11 @@ def read_split(path: Path) -> dict:
     if not isinstance(doc, dict) or not {"version", "train", "val", "test", "classes", "samples"} <= doc.keys():
         raise DataError(f"{path}: not a split file written by cifar_lit")
     folders = doc["samples"] is not None
-    if folders and doc["version"] == 1:
-        raise DataError(f"{path}: an image-folder split made by an older cifar_lit (version 1: not stratified, "
-                        "val/ folders and images in sub-folders not used); run again with a new --output-dir "
-                        "to make a new split")
+    older = {1: "not stratified, val/ folders and images in sub-folders not used",
+             2: "no median image size, images squashed to 32x32"}
+    if folders and doc["version"] in older:
+        raise DataError(f"{path}: an image-folder split made by an older cifar_lit (version {doc['version']}: "
+                        f"{older[doc['version']]}); run again with a new --output-dir to make a new split")
     if doc["version"] != (FOLDER_SPLIT_VERSION if folders else CIFAR_SPLIT_VERSION):
         raise DataError(f"{path}: a split file of version {doc['version']}, which this cifar_lit cannot read")
     return doc
