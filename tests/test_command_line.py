@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import fakes
+from test_startup import processes_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _error_line(stderr: str) -> str:
-    """The command's own error line (Prefect's "Stopping temporary server" may follow it)."""
+    """The command's own error line."""
     lines = [ln for ln in stderr.splitlines() if ln.startswith("train_flow.py: error: ")]
     assert len(lines) == 1, stderr[-3000:]
     return lines[0]
@@ -51,6 +52,7 @@ def test_a_failed_download_ends_with_one_line_naming_the_url_and_the_ways_out(tm
     for way_out in ("--download-url", "--data-dir", "cifar-10-python.tar.gz"):
         assert way_out in last, last
     assert len(output.splitlines()) < 20, output  # Prefect's run lines and the error, not pages
+    assert processes_of(tmp_path / "prefect-home") == []  # its temporary API server stopped with it
 
 
 def test_a_slow_temporary_prefect_server_is_one_line_naming_prefect_api_url(tmp_path):
@@ -64,3 +66,4 @@ def test_a_slow_temporary_prefect_server_is_one_line_naming_prefect_api_url(tmp_
     last = _error_line(proc.stderr)
     assert last.startswith("train_flow.py: error: Prefect's temporary API server did not answer within 0 s")
     assert "PREFECT_API_URL" in last and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in last
+    assert processes_of(tmp_path / "prefect-home") == []

@@ -3,6 +3,11 @@ the GPU when training there), normalised and augmented in whole batches on that 
 
 No PIL and no per-sample Python in the training loop: a batch is one index gather, one
 normalisation, one flip and one translate, each a handful of tensor ops.
+
+Image folders are decoded at the run's image size (``imagefolder.square``: shorter side resized,
+centre cropped), and the cache file is named by the data's fingerprint and that size, so caches
+of different sizes never mix. A cache that would not fit ``cache_budget`` is not built: the data
+module streams from disk instead (``fits_in_cache``).
 """
 
 from __future__ import annotations
@@ -17,17 +22,99 @@ import numpy as np
 import torch
 
 from cifar_lit.data.cifar import SOURCES, load_cifar
-from cifar_lit.data.imagefolder import SIZE, DataError, load_rgb32
+from cifar_lit.data.imagefolder import SIZE, DataError, load_rgb
 from cifar_lit.data.prepare import cache_dir
 
 log = logging.getLogger(__name__)
 
 
-def tensor_cache_path(data_dir: Path, content_fingerprint: str) -> Path:
-    return cache_dir(data_dir) / f"tensors-{content_fingerprint[:16]}.pt"
+def tensor_cache_path(data_dir: Path, content_fingerprint: str, size: int = SIZE) -> Path:
+    """The cache of the data with this fingerprint decoded at ``size`` x ``size``. Caches made
+    before image sizes existed (``tensors-<fingerprint>.pt``, 32x32 squashed) have no size in
+    their name, so they are never read as one of these."""
+    return cache_dir(data_dir) / f"tensors-{content_fingerprint[:16]}-{size}px.pt"
 
 
-def _cached(path: Path, split: dict) -> dict[str, torch.Tensor] | None:
+# ---- how much memory a cache may take -----------------------------------------------------------
+
+GB = 10**9
+CACHE_SHARE = 4  # by default a cache may take 1/CACHE_SHARE of this machine's (or container's) memory
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, or the container's limit when that is lower (cgroup v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``); None where neither can be read."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        total = None
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = int(Path(limit).read_text().split()[0])  # "max" (no limit) is not an int
+        except (OSError, ValueError, IndexError):
+            continue
+        total = value if total is None else min(total, value)
+    return total
+
+
+def cache_budget(cache_max_gb: float | None) -> int:
+    """The largest tensor cache, in bytes, a run may hold in memory: ``cache_max_gb`` GB (10^9
+    bytes) when given, else a quarter of ``memory_bytes()`` (4 GB where that is unknown). A
+    quarter: the cache is built in memory in one piece, then memory-mapped and, on a GPU, copied
+    to the device, beside the DataLoader workers, the model and whatever else shares the machine.
+
+    >>> cache_budget(0.5)
+    500000000
+    """
+    if cache_max_gb is not None:
+        return int(cache_max_gb * GB)
+    total = memory_bytes()
+    return total // CACHE_SHARE if total else 4 * GB
+
+
+def cache_bytes(images: int, size: int) -> int:
+    """The bytes of a uint8 cache of ``images`` RGB images of ``size`` x ``size``.
+
+    >>> cache_bytes(50_000, 32) / 1e6, cache_bytes(1000, 96) / 1e6
+    (153.6, 27.648)
+    """
+    return images * 3 * size * size
+
+
+def cache_images(split: dict) -> int:
+    """How many images a cache of ``split`` holds: its pool, plus CIFAR's official test set."""
+    if split["samples"] is not None:
+        return len(split["samples"])
+    return len(split["train"]) + len(split["val"]) + CIFAR_TEST_IMAGES
+
+
+CIFAR_TEST_IMAGES = 10_000
+
+
+def fits_in_cache(split: dict, size: int, cache_max_gb: float | None) -> tuple[bool, str]:
+    """Whether the tensor cache of ``split`` at ``size`` fits ``cache_budget(cache_max_gb)``,
+    estimated before decoding anything, and the sizes in words for a log line."""
+    need, budget = cache_bytes(cache_images(split), size), cache_budget(cache_max_gb)
+    limit = (f"cache_max_gb {cache_max_gb:g}" if cache_max_gb is not None
+             else f"{budget / GB:.1f} GB, a quarter of this machine's memory")
+    return need <= budget, f"{cache_images(split)} images at {size}x{size} take {need / GB:.3g} GB, over {limit}"
+
+
+def translate_pad(size: int) -> int:
+    """The training translate of the tensor path, in pixels each way: 1/16 of the side, so the
+    same share of the image at any size (2 px at 32, the CIFAR setting measured best here; 4 at
+    64, 6 at 96). Reflect padding, so every pixel still comes from the image.
+
+    >>> [translate_pad(s) for s in (8, 32, 48, 64, 96, 224)]
+    [1, 2, 3, 4, 6, 14]
+    """
+    return max(1, round(size / 16))
+
+
+# ---- the cache ----------------------------------------------------------------------------------
+
+
+def _cached(path: Path, split: dict, size: int = SIZE) -> dict[str, torch.Tensor] | None:
     """The tensor cache at ``path`` if it is whole and holds this split's data, else None.
 
     A cache is only derived data: a truncated or garbled file (a crash while another process
@@ -41,20 +128,20 @@ def _cached(path: Path, split: dict) -> dict[str, torch.Tensor] | None:
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, OSError...
         log.warning("tensor cache %s is unreadable (%s): rebuilding it", path, " ".join(str(e).split())[:200])
         return None
-    problem = _mismatch(t, split)
+    problem = _mismatch(t, split, size)
     if problem:
         log.warning("tensor cache %s %s: rebuilding it", path, problem)
         return None
     return t
 
 
-def _mismatch(t, split: dict) -> str | None:
+def _mismatch(t, split: dict, size: int = SIZE) -> str | None:
     keys = ("train", "train_labels", "test", "test_labels")
     if not isinstance(t, dict) or set(t) != set(keys) or not all(isinstance(t[k], torch.Tensor) for k in keys):
         return "is not a tensor cache"
     for name in ("train", "test"):
         images, labels = t[name], t[f"{name}_labels"]
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1:] != (3, SIZE, SIZE):
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1:] != (3, size, size):
             return f"holds {name} images of shape {tuple(images.shape)} ({images.dtype})"
         if labels.dtype != torch.int64 or labels.shape != (len(images),):
             return f"holds {len(labels)} {name} labels for {len(images)} images"
@@ -65,37 +152,44 @@ def _mismatch(t, split: dict) -> str | None:
     return None
 
 
-def _decode(root: Path, rel: str) -> np.ndarray:
+def _decode(root: Path, rel: str, size: int) -> np.ndarray:
     try:
-        return np.asarray(load_rgb32(root / rel))
+        return np.array(load_rgb(root / rel, size))  # a writable copy: torch.from_numpy warns on a read-only one
     except Exception as e:  # noqa: BLE001 - any PIL or OS error: say which file, in one line
         raise DataError(f"{root / rel}: was readable when the data was scanned, not now ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); run again to scan the changed data") from None
 
 
-def load_tensors(split: dict, data_dir: Path) -> dict[str, torch.Tensor]:
-    """``{"train": uint8 N x 3 x 32 x 32, "train_labels", "test", "test_labels"}`` for the
+def load_tensors(split: dict, data_dir: Path, size: int = SIZE) -> dict[str, torch.Tensor]:
+    """``{"train": uint8 N x 3 x size x size, "train_labels", "test", "test_labels"}`` for the
     split's data. "train" holds every pool image (train and val indices point into it); for
     image folders "test" is empty and the split's test indices point into "train" as well.
-    Decoded once and cached beside the data, keyed by the data's content fingerprint; a missing,
-    corrupt or mismatched cache file is rebuilt."""
-    path = tensor_cache_path(data_dir, split["content_fingerprint"])
-    cached = _cached(path, split)
+    Decoded once (image folders: ``imagefolder.square`` at ``size``; CIFAR only at its own 32)
+    and cached beside the data, keyed by the data's content fingerprint and ``size``; a
+    missing, corrupt or mismatched cache file is rebuilt."""
+    if split["samples"] is None and size != SIZE:
+        raise DataError(f"image_size: {split['dataset']} images are {SIZE}x{SIZE}, not {size}x{size}")
+    path = tensor_cache_path(data_dir, split["content_fingerprint"], size)
+    cached = _cached(path, split, size)
     if cached is not None:
         return cached
     root = Path(data_dir).resolve()
+    tensors = {}
     if split["samples"] is None:  # CIFAR: the pickles are already arrays
         folder = root / SOURCES[split["dataset"]].base_folder
-        parts = [load_cifar(folder, split["dataset"], train=t) for t in (True, False)]
+        for name, train in (("train", True), ("test", False)):
+            images, labels = load_cifar(folder, split["dataset"], train=train)
+            tensors[name] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+            tensors[f"{name}_labels"] = torch.from_numpy(labels)
     else:
         samples = split["samples"]
-        images = np.stack([_decode(root, rel) for rel, _ in samples])
-        labels = np.asarray([label for _, label in samples], dtype=np.int64)
-        parts = [(images, labels), (images[:0], labels[:0])]
-    tensors = {}
-    for name, (images, labels) in zip(("train", "test"), parts):
-        tensors[name] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-        tensors[f"{name}_labels"] = torch.from_numpy(labels)
+        # Filled in place, one image at a time: the cache's bytes once in memory, not twice.
+        images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
+        for i, (rel, _) in enumerate(samples):
+            images[i] = torch.from_numpy(_decode(root, rel, size)).permute(2, 0, 1)
+        tensors["train"] = images
+        tensors["train_labels"] = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        tensors["test"], tensors["test_labels"] = images[:0].clone(), tensors["train_labels"][:0].clone()
     path.parent.mkdir(parents=True, exist_ok=True)
     # Through a temporary file and a rename: a crash mid-write never leaves half a cache under
     # the real name (the rebuild above still covers caches damaged some other way).
@@ -118,14 +212,22 @@ def channel_stats(
     True
     """
     idx = torch.arange(len(images)) if indices is None else indices
+    return chunk_stats(images.index_select(0, idx[i : i + chunk]) for i in range(0, len(idx), chunk))
+
+
+def chunk_stats(chunks) -> tuple[list[float], list[float]]:
+    """``channel_stats`` of the uint8 images in ``chunks`` (N x 3 x H x W tensors, one after
+    another): the same numbers, to the last bit, for the same chunks in the same order, however
+    they were decoded (the streaming path feeds them from disk)."""
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
-    for i in range(0, len(idx), chunk):
-        x = images.index_select(0, idx[i : i + chunk]).to(torch.float64).div_(255)
+    n = 0
+    for x in chunks:
+        x = x.to(torch.float64).div_(255)
         total += x.sum(dim=(0, 2, 3))
         squares += x.square().sum(dim=(0, 2, 3))
-    n = len(idx) * images.shape[2] * images.shape[3]
-    mean = total / n
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / max(1, n)
     var = (squares - n * mean.square()) / max(1, n - 1)
     return mean.tolist(), var.clamp(min=0).sqrt().tolist()
 
@@ -251,10 +353,11 @@ class DeviceBatches:
             yield x, self.labels[idx]
 
 
-def split_views(split: dict, data_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+def split_views(split: dict, data_dir: Path,
+                size: int = SIZE) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """``part -> (images, labels, indices)`` for "train", "val" and "test": the shared uint8
-    pool of the cache and the positions of the part in it (None: all of ``images``)."""
-    t = load_tensors(split, data_dir)
+    pool of the cache at ``size`` and the positions of the part in it (None: all of ``images``)."""
+    t = load_tensors(split, data_dir, size)
     views = {}
     for part in ("train", "val", "test"):
         if part == "test" and split["test"] is None:  # CIFAR's official test set
@@ -264,10 +367,11 @@ def split_views(split: dict, data_dir: Path) -> dict[str, tuple[torch.Tensor, to
     return views
 
 
-def split_parts(split: dict, data_dir: Path, parts=("train", "val", "test")) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """uint8 images (N x 3 x H x W) and labels of parts ("train", "val", "test") of a split:
+def split_parts(split: dict, data_dir: Path, parts=("train", "val", "test"),
+                size: int = SIZE) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 images (N x 3 x size x size) and labels of parts ("train", "val", "test") of a split:
     exactly the pixels the test step sees on either data path (copies of just those images)."""
-    views = split_views(split, data_dir)
+    views = split_views(split, data_dir, size)
     out = {}
     for part in parts:
         images, labels, idx = views[part]
