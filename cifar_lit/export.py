@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.model_file import package
+from cifar_lit.model_file import package, read_model
 from cifar_lit.provenance import code_version, git_commit
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ def model_dir(config: TrainConfig) -> Path:
 
 
 def package_model(config: TrainConfig, checkpoint: Path) -> dict[str, str]:
-    """``model.pt`` and ``model.torchscript.pt`` for ``checkpoint`` under ``<output_dir>/model``."""
+    """``model.pt`` and ``model.torchscript.pt`` for ``checkpoint`` under ``<output_dir>/model``,
+    at the image size the checkpoint was trained at (the TorchScript model is checked on an
+    example batch of that size)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"best_checkpoint: {checkpoint} does not exist")
@@ -44,6 +46,7 @@ def export_model(
     """Package ``checkpoint`` and log it to the active W&B run (no W&B: ``logged=False``)."""
     files = package_model(config, checkpoint)
     metadata = {
+        "image_size": read_model(Path(files["model"]))["image_size"],  # the side of the images it takes
         "test_metrics": test_metrics,
         "config": config.as_dict(),
         "data_fingerprint": data_fingerprint,

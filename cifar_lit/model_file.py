@@ -4,13 +4,15 @@
 
 - ``model.pt``: a plain dict (``torch.load(..., weights_only=True)`` reads it; no pickled code)
   with the network's name and constructor arguments, its weights, the class names, the input
-  size, the training images' normalisation, the test-time augmentation and the run's config.
-  ``load_model`` rebuilds the network from it with this package installed.
+  size (``image_size``: the side of the square images it was trained on), the training images'
+  normalisation, the test-time augmentation and the run's config. ``load_model`` rebuilds the
+  network from it with this package installed.
 - ``model.torchscript.pt``: the same network with normalisation and test-time augmentation
   inside, for plain ``torch`` without this package::
 
-      net = torch.jit.load("model.torchscript.pt")   # float images in [0, 1], N x 3 x H x W
+      net = torch.jit.load("model.torchscript.pt")   # float images in [0, 1], N x 3 x S x S
       probs = net(images).softmax(1)                  # classes: net.classes (a list of str)
+      S = net.image_size                              # prepare images as cifar_lit.predict does
 
 Every load goes through ``torch.load(weights_only=True)``: a crafted file cannot run code, and a
 corrupt or foreign file is one ``ModelFileError`` line naming the file.
@@ -38,30 +40,36 @@ class ModelFileError(ValueError):
 
 
 def tta_views(x: torch.Tensor, level: int) -> list[torch.Tensor]:
-    """The test-time views of a batch: level 1 adds the mirror image, level 2 also 1-pixel
-    shifts up-left and down-right of both (reflect padding). Scriptable: TorchScript runs it."""
+    """The test-time views of a batch: level 1 adds the mirror image, level 2 also shifts
+    up-left and down-right of both (reflect padding) by 1 pixel per 32 of the image's side (1
+    at 32, 2 at 64: the same share of the image as training's translate). Scriptable:
+    TorchScript runs it."""
     views = [x]
     if level >= 1:
         views.append(x.flip(3))
     if level >= 2:
-        padded = F.pad(x, [1, 1, 1, 1], mode="reflect")
         h, w = x.shape[-2], x.shape[-1]
-        shifted = [padded[:, :, :h, :w], padded[:, :, 2:, 2:]]
+        s = max(1, w // 32)
+        padded = F.pad(x, [s, s, s, s], mode="reflect")
+        shifted = [padded[:, :, :h, :w], padded[:, :, 2 * s :, 2 * s :]]
         views += shifted + [v.flip(3) for v in shifted]
     return views
 
 
 class InferenceModel(nn.Module):
     """A trained network with its input normalisation and test-time augmentation inside: takes
-    float images in [0, 1] (N x 3 x H x W) and returns the outputs the test step averages."""
+    float images in [0, 1] (N x 3 x S x S, S = ``image_size``, the side it was trained at) and
+    returns the outputs the test step averages."""
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float], tta: int, classes: list[str]) -> None:
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], tta: int, classes: list[str],
+                 image_size: int = 32) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.tta = tta
         self.classes = classes
+        self.image_size = image_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.mean) / self.std
@@ -150,7 +158,8 @@ def build_inference(doc: dict, path: Path) -> InferenceModel:
         net.load_state_dict(doc["state_dict"])
     except (ValueError, RuntimeError, TypeError) as e:
         raise ModelFileError(f"{path}: weights do not fit model {doc['model']!r} ({_first_line(e)})") from None
-    return InferenceModel(net, doc["mean"], doc["std"], int(doc["tta"]), list(doc["classes"])).eval()
+    return InferenceModel(net, doc["mean"], doc["std"], int(doc["tta"]), list(doc["classes"]),
+                          int(doc["image_size"])).eval()
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -175,9 +184,25 @@ def package(checkpoint: Path, dest: Path) -> dict[str, Path]:
         # TorchScript is deprecated in favour of torch.export, but it is still the one format
         # plain torch loads as a module with its class names attached, on every torch >= 2.6.
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(module), str(tmp))
+        scripted = torch.jit.script(module)
+        _check_scripted(scripted, module, int(doc["image_size"]), checkpoint)
+        torch.jit.save(scripted, str(tmp))
     tmp.replace(files["torchscript"])
     return files
+
+
+@torch.no_grad()
+def _check_scripted(scripted, module: InferenceModel, size: int, path: Path) -> None:
+    """The scripted model runs on an example batch at the model's own size and gives what the
+    module gives: a network that cannot take that size fails here, at export, not in a user's
+    hands."""
+    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        got, want = scripted(example), module(example)
+    except RuntimeError as e:
+        raise ModelFileError(f"{path}: the exported model fails on {size}x{size} images ({_first_line(e)})") from None
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        raise ModelFileError(f"{path}: the TorchScript model's outputs differ from the network's at {size}x{size}")
 
 
 def _save_atomic(obj: Any, path: Path) -> None:

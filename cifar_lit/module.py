@@ -51,7 +51,8 @@ class LitClassifier(L.LightningModule):
         super().__init__()
         # config: the run's whole TrainConfig, so a checkpoint says exactly how it was made;
         # mean/std: the per-channel normalisation of its inputs (the fast recipes compute it from
-        # the training images), so the checkpoint alone is enough to predict.
+        # the training images), and image_size the side of the square images it was trained on,
+        # so the checkpoint alone is enough to predict.
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -5,9 +5,10 @@
     model = load_model("runs/registry/cifar10-airnet_s/v1/model.pt")
     df = predict(model, ["photos/"])      # files and folders (searched recursively)
 
-Images are prepared exactly as the test step sees them (RGB, resized to the model's input
-size) and scored with the model's own normalisation and test-time augmentation. A file that
-cannot be read is a row with an ``error``, not a crash.
+Images are prepared exactly as the test step sees them (8-bit RGB; the shorter side resized to
+the model's ``image_size``, aspect ratio kept, the centre square cropped) and scored with the
+model's own normalisation and test-time augmentation. A file that cannot be read is a row with
+an ``error``, not a crash.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cifar_lit.data.imagefolder import load_rgb32
+from cifar_lit.data.imagefolder import load_rgb
 from cifar_lit.model_file import LoadedModel
 from cifar_lit.registry import RegistryError
 
@@ -42,9 +43,9 @@ def image_files(paths: Iterable[Path | str]) -> Iterator[Path]:
                     yield Path(dirpath) / name
 
 
-def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
+def _read(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
     try:
-        return np.asarray(load_rgb32(path)), None
+        return np.asarray(load_rgb(path, size)), None
     except Exception as e:  # noqa: BLE001 - any unreadable file is a row with its reason
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"[:200]
 
@@ -59,8 +60,6 @@ def _columns(k: int) -> list[str]:
 @torch.no_grad()
 def predict(model: LoadedModel, paths: Iterable[Path | str], batch_size: int = 256) -> pd.DataFrame:
     """One row per image: ``path, prediction, confidence, top1, top1_prob, ..., error``."""
-    if model.image_size != 32:
-        raise ValueError(f"{model.info.get('file')}: input size {model.image_size} is not supported by this loader")
     k = min(TOP_K, len(model.classes))
     rows: list[list] = []
     batch: list[tuple[int, np.ndarray]] = []  # (row index, pixels)
@@ -79,7 +78,7 @@ def predict(model: LoadedModel, paths: Iterable[Path | str], batch_size: int = 2
 
     model.module.eval()
     for path in image_files(paths):
-        pixels, error = _read(path)
+        pixels, error = _read(path, model.image_size)
         rows.append([str(path), None, None] + [None] * (2 * TOP_K) + [error])
         if error is None:
             batch.append((len(rows) - 1, pixels))

@@ -22,12 +22,14 @@ from cifar_lit.callbacks import EpochHook, ImagePredictionLogger, build_callback
 from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
 from cifar_lit.config import NOT_EFFECTIVE, TORCHVISION_NETS, TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.data.split import read_split
 from cifar_lit.model_file import ModelFileError, from_checkpoint, safe_load
-from cifar_lit.models import CATALOGUE, build_model
+from cifar_lit.models import CATALOGUE, build_model, check_input_size
 from cifar_lit.module import HeadFirst, LitClassifier
 from cifar_lit.quality import collapse_warnings
+from cifar_lit.recipes import DataSize, resolve
 from cifar_lit.rundir import OutputDirError
-from cifar_lit.tracking import log_test_results, make_loggers, per_class_table
+from cifar_lit.tracking import log_test_results, make_loggers, per_class_table, update_config
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     retried fit loses at most the epoch it crashed in). Without it, a checkpoint dir that
     already holds checkpoints is refused rather than overwritten.
     """
+    config = resolved_for(config, split_file)
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt_dir = checkpoint_dir(config)
     last = ckpt_dir / "last.ckpt"
@@ -153,6 +156,16 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     )
 
 
+def resolved_for(config: TrainConfig, split_file: Path) -> TrainConfig:
+    """``config`` with its recipe filled in for this machine and this split's data (a no-op
+    for the flow's already resolved config; see ``cifar_lit.recipes``)."""
+    if config.is_resolved:
+        return config
+    config = resolve(config, data=DataSize.of_split(read_split(split_file)))
+    update_config(config)
+    return config
+
+
 def resume_point(config: TrainConfig, last: Path) -> str | None:
     """The checkpoint to resume from: ``last.ckpt``, or its last-good copy when a crash left it
     unreadable; None when there is none. A checkpoint of another run or config (another
@@ -197,8 +210,11 @@ def weights_normalisation(config: TrainConfig) -> tuple[list[float], list[float]
 def build_classifier(config: TrainConfig, dm: ImageDataModule, start_weights: bool = True) -> LitClassifier:
     """The configured network inside a LitClassifier, initialised from the training data where
     the network asks for it (AirNet's patch whitening), or, with ``start_weights`` and a config
-    that asks for them, from published weights or a weights file (the torchvision networks)."""
+    that asks for them, from published weights or a weights file (the torchvision networks).
+    The network takes the data module's images (``dm.image_size`` square); the checkpoint
+    records that size, and the exported model predicts at it."""
     net = build_model(config.model, dm.num_classes)
+    check_input_size(net, config.model, dm.image_size)
     if start_weights and starts_pretrained(config):
         loaded = _pretrained_nets(config).load_start_weights(net, config.model, config.weights_file)
         log.info("%s starts from %s", config.model, loaded)
@@ -221,6 +237,7 @@ def build_classifier(config: TrainConfig, dm: ImageDataModule, start_weights: bo
         config=config.as_dict(),
         mean=[float(m) for m in dm.mean],
         std=[float(v) for v in dm.std],
+        image_size=dm.image_size,
     )
 
 
@@ -248,10 +265,13 @@ def load_classifier(checkpoint: Path, map_location: str = "cpu") -> LitClassifie
 
 def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalResult:
     """Evaluate ``checkpoint`` on the split's test part; log the results to W&B when active."""
+    config = resolved_for(config, split_file)
     model = load_classifier(Path(checkpoint))
     # A pretrained model's inputs are normalised as its checkpoint records (its weights' own
     # statistics), not by the data module's default.
-    dm = ImageDataModule(config, split_file, (model.hparams.mean, model.hparams.std) if starts_pretrained(config) else None)
+    # Tested at the image size it was trained at, as its checkpoint records it.
+    sized = config.model_copy(update={"image_size": model.hparams.image_size})
+    dm = ImageDataModule(sized, split_file, (model.hparams.mean, model.hparams.std) if starts_pretrained(config) else None)
     dm.setup("test")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
