@@ -323,3 +323,28 @@ def _exit(prog: str, error: BaseException) -> NoReturn:
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(1)
 
+
+def exit_finished() -> NoReturn:
+    """End a command whose run has finished, without the interpreter's teardown (call last, from a
+    command's ``__main__`` block only: it ends the process).
+
+    Runs what a normal exit runs that writes or stops anything: threading's exit hooks (Prefect
+    sends its last logs and events to the API there), then the ``atexit`` handlers (W&B's
+    teardown, the temporary API server's stop, temporary folders, ``logging.shutdown``), and
+    flushes stdout and stderr. What it skips is freeing every module and object one by one, which
+    after torch and Lightning took about 1 s on a 2-core machine and writes nothing.
+    """
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is None:  # not CPython as we know it: the ordinary exit
+        sys.exit(0)
+    shutdown()  # waits for non-daemon threads, then runs threading's exit hooks
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a pipe whose reader went away
+            pass
+    os._exit(0)
