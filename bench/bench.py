@@ -29,6 +29,7 @@ Each recipe trains in its own process so that (e) measures it alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -272,74 +274,115 @@ def _wall(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> float:
     return seconds
 
 
-def startup(data_dir: Path, root: Path = ROOT, repeats: int = 5) -> dict:
-    """(f): medians of ``repeats`` runs, each command a fresh process as a user starts it. The
-    fixed cost of a run is its wall time minus fit and test (from its summary.json); measured
-    with Prefect's temporary API server (no PREFECT_API_URL, what a first user gets) and with a
-    dedicated one (`prefect server start`, the setup Prefect recommends)."""
+def _startup_folder(data_dir: Path) -> Path:
+    """(f)'s image folder: 200 images of each class, so that fit and test take seconds."""
     import shutil
-    import statistics
 
     small = OUT / "startup-2000"
-    if not (small / "train").is_dir():  # 200 images of each class: fit and test take seconds
+    if not (small / "train").is_dir():
         for cls in sorted(p for p in (data_dir / "train").iterdir() if p.is_dir()):
             (small / "train" / cls.name).mkdir(parents=True, exist_ok=True)
             for img in sorted(cls.iterdir())[:200]:
                 shutil.copy(img, small / "train" / cls.name / img.name)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-           "WANDB_DIR": str(OUT / "startup-wandb"), "PREFECT_HOME": str(OUT / "startup-prefect")}
-    env.pop("PREFECT_API_URL", None)  # the temporary API, as on a first run
-    flow = [sys.executable, str(root / "flows" / "train_flow.py")]
-    pydantic = statistics.median(_wall([sys.executable, "-c", "import pydantic"], env) for _ in range(repeats))
-    help_ = statistics.median(_wall([*flow, "--help"], env) for _ in range(repeats))
-    runs = OUT / f"startup-runs-{int(time.time())}"
-    args = ["--dataset", "imagefolder", "--data-dir", str(small), "--test-size", "200", "--seed", "0",
-            "--max-epochs", "1", "--wandb-mode", "offline", "--runs-dir", str(runs), "--accelerator", "cpu"]
-    _wall([*flow, *args], env)  # fills the download and split caches and the registry
+    return small
 
-    def reruns(env: dict, tag: str) -> tuple[float, float]:
-        fixed, walls = [], []
-        for i in range(3):
-            out = runs / f"{tag}-{i}"
-            wall = _wall([*flow, *args, "--force", "--output-dir", str(out)], env)
-            summary = json.loads((out / "summary.json").read_text())
-            walls.append(wall)
-            # An older checkout's summary has no test_seconds: its test time then counts as fixed.
-            fixed.append(wall - summary["fit_seconds"] - (summary.get("test_seconds") or 0))
-        return statistics.median(walls), statistics.median(fixed)
 
-    temp_wall, temp_fixed = reruns(env, "temporary")
-    port = 4299
+@contextlib.contextmanager
+def _prefect_server(env: dict, port: int = 4299) -> Iterator[str]:
+    """A dedicated `prefect server start` for (f); yields its API URL once it answers."""
+    import urllib.request
+
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
                                str(port)], env={**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        import urllib.request
-
         for _ in range(600):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1)
                 break
             except OSError:
                 time.sleep(0.2)
-        dedicated_wall, dedicated_fixed = reruns({**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, "dedicated")
+        yield f"http://127.0.0.1:{port}/api"
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"pydantic_import_seconds": round(pydantic, 3), "help_seconds": round(help_, 3),
-            "help_ratio": round(help_ / pydantic, 1), "rerun_wall_seconds": round(temp_wall, 2),
-            "rerun_fixed_seconds": round(temp_fixed, 2), "dedicated_rerun_wall_seconds": round(dedicated_wall, 2),
-            "dedicated_rerun_fixed_seconds": round(dedicated_fixed, 2), "root": str(root)}
+
+
+def startup(data_dir: Path, root: Path = ROOT, repeats: int = 5, before: Path | None = None) -> dict:
+    """(f): medians of ``repeats`` runs, each command a fresh process as a user starts it. The
+    fixed cost of a run is its wall time minus fit and test (from its summary.json); measured
+    with Prefect's temporary API server (no PREFECT_API_URL, what a first user gets) and with a
+    dedicated one (`prefect server start`, the setup Prefect recommends). With ``before`` (another
+    checkout), the same rows for it too, its runs taking turns with ``root``'s: on a 2-core
+    machine whose load moves by seconds within minutes, only neighbouring runs compare."""
+    import statistics
+
+    small = _startup_folder(data_dir)
+    roots = {"after": root, **({"before": before} if before else {})}
+    env = {**os.environ, "WANDB_DIR": str(OUT / "startup-wandb"), "PREFECT_HOME": str(OUT / "startup-prefect")}
+    env.pop("PREFECT_API_URL", None)  # the temporary API, as on a first run
+
+    def env_of(tag: str, **extra: str) -> dict:
+        return {**env, "PYTHONPATH": os.pathsep.join([str(roots[tag]), os.environ.get("PYTHONPATH", "")]), **extra}
+
+    def flow(tag: str) -> list[str]:
+        return [sys.executable, str(roots[tag] / "flows" / "train_flow.py")]
+
+    pydantic = statistics.median(_wall([sys.executable, "-c", "import pydantic"], env) for _ in range(repeats))
+    helps = {tag: [] for tag in roots}
+    for _ in range(repeats):
+        for tag in roots:
+            helps[tag].append(_wall([*flow(tag), "--help"], env_of(tag)))
+    runs = OUT / f"startup-runs-{int(time.time())}"
+    args = ["--dataset", "imagefolder", "--data-dir", str(small), "--test-size", "200", "--seed", "0",
+            "--max-epochs", "1", "--wandb-mode", "offline", "--runs-dir", str(runs), "--accelerator", "cpu"]
+    for tag in roots:
+        _wall([*flow(tag), *args], env_of(tag))  # fills the download and split caches and the registry
+
+    def reruns(mode: str, **extra: str) -> dict[str, tuple[float, float]]:
+        fixed, walls = {tag: [] for tag in roots}, {tag: [] for tag in roots}
+        for i in range(3):
+            for tag in roots:
+                out = runs / f"{mode}-{tag}-{i}"
+                wall = _wall([*flow(tag), *args, "--force", "--output-dir", str(out)], env_of(tag, **extra))
+                summary = json.loads((out / "summary.json").read_text())
+                walls[tag].append(wall)
+                # An older checkout's summary has no test_seconds: its test time then counts as fixed.
+                fixed[tag].append(wall - summary["fit_seconds"] - (summary.get("test_seconds") or 0))
+        return {tag: (statistics.median(walls[tag]), statistics.median(fixed[tag])) for tag in roots}
+
+    temporary = reruns("temporary")
+    with _prefect_server(env) as api_url:
+        dedicated = reruns("dedicated", PREFECT_API_URL=api_url)
+
+    def figures(tag: str) -> dict:
+        help_ = statistics.median(helps[tag])
+        return {"help_seconds": round(help_, 3), "help_ratio": round(help_ / pydantic, 1),
+                "rerun_wall_seconds": round(temporary[tag][0], 2), "rerun_fixed_seconds": round(temporary[tag][1], 2),
+                "dedicated_rerun_wall_seconds": round(dedicated[tag][0], 2),
+                "dedicated_rerun_fixed_seconds": round(dedicated[tag][1], 2), "root": str(roots[tag])}
+
+    result = {"pydantic_import_seconds": round(pydantic, 3), **figures("after")}
+    if before:
+        result["before"] = figures("before")
+    return result
 
 
 def startup_rows(f: dict) -> list[tuple[str, str, str]]:
+    b = f.get("before")
+
+    def was(key: str, unit: str = " s", digits: int = 1) -> str:
+        return f" (before: {b[key]:.{digits}f}{unit})" if b else ""
+
     return [
         ('(f) python -c "import pydantic"', f"{f['pydantic_import_seconds']:.2f} s", "baseline"),
-        ("(f) train_flow.py --help", f"{f['help_seconds']:.2f} s", f"{f['help_ratio']:.1f}x"),
+        ("(f) train_flow.py --help", f"{f['help_seconds']:.2f} s", f"{f['help_ratio']:.1f}x" + was("help_ratio", "x")),
         ("(f) cached re-run, 2,000 images, 1 epoch, temporary Prefect API", f"{f['rerun_wall_seconds']:.1f} s wall",
-         f"fixed cost (wall - fit - test) {f['rerun_fixed_seconds']:.1f} s, median of 3"),
+         f"fixed cost (wall - fit - test) {f['rerun_fixed_seconds']:.1f} s" + was("rerun_fixed_seconds")
+         + ", median of 3"),
         ("(f) the same with a dedicated Prefect server", f"{f['dedicated_rerun_wall_seconds']:.1f} s wall",
-         f"fixed cost {f['dedicated_rerun_fixed_seconds']:.1f} s, median of 3"),
+         f"fixed cost {f['dedicated_rerun_fixed_seconds']:.1f} s" + was("dedicated_rerun_fixed_seconds")
+         + ", median of 3"),
     ]
 
 
@@ -422,6 +465,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["memory", "startup"],
                         help="run one measurement: memory, the (e) data-path row; startup, the (f) rows")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose start-up (f) measures")
+    parser.add_argument("--before", type=Path,
+                        help="with --only startup: another checkout measured alongside, its runs taking turns with --root's")
     parser.add_argument("--recipe", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--split", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -438,7 +483,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     unpack(TARBALL, args.data_dir)
     if args.only == "startup":
-        start = startup(args.data_dir, args.root.resolve())
+        start = startup(args.data_dir, args.root.resolve(), before=args.before.resolve() if args.before else None)
         (OUT / "startup.json").write_text(json.dumps({"machine": machine(), "startup": start}, indent=2))
         print("\n".join(f"{a}  {b}  {c}" for a, b, c in startup_rows(start)))
         return
