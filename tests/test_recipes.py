@@ -144,24 +144,24 @@ def test_small_data_gets_enough_steps_per_epoch_and_in_all(recipe, n):
 
 def test_what_the_user_gave_is_never_adapted():
     small = DataSize(650)
-    assert fit_to_data(256, 4, 650, batch_given=False, epochs_given=False) == (32, 30)
+    assert fit_to_data(256, 4, 650, batch_given=False, epochs_given=False) == (32, 20)
     c = resolve(TrainConfig(recipe="cpu-fast", batch_size=256, max_epochs=4), CPU, small)
     assert (c.batch_size, c.max_epochs) == (256, 4)
     c = resolve(TrainConfig(recipe="cpu-fast", max_epochs=4), CPU, small)
     assert (c.batch_size, c.max_epochs) == (32, 4)
-    c = resolve(TrainConfig(recipe="cpu-fast", batch_size=64), CPU, small)  # 10 steps an epoch: 60 epochs
-    assert (c.batch_size, c.max_epochs) == (64, 60)
+    c = resolve(TrainConfig(recipe="cpu-fast", batch_size=64), CPU, small)  # 10 steps an epoch: 40 epochs
+    assert (c.batch_size, c.max_epochs) == (64, 40)
 
 
 def test_the_adaptation_is_said_in_one_line_and_in_the_summary_block():
     p = plan(TrainConfig(recipe="cpu-fast"), CPU, DataSize(650))
-    assert p.adapted == {"batch_size": (256, 32), "max_epochs": (4, 30)}
-    assert p.describe() == ("small dataset (650 training images): batch_size 256 -> 32, max_epochs 4 -> 30 "
-                            "(20 steps per epoch, 600 in all)")
+    assert p.adapted == {"batch_size": (256, 32), "max_epochs": (4, 20)}
+    assert p.describe() == ("small dataset (650 training images): batch_size 256 -> 32, max_epochs 4 -> 20 "
+                            "(20 steps per epoch, 400 in all)")
     block = recipes.recipe_summary(p)
     assert json.loads(json.dumps(block)) == {
         "name": "cpu-fast", "n_train": 650, "note": p.describe(),
-        "adapted": {"batch_size": {"recipe": 256, "chosen": 32}, "max_epochs": {"recipe": 4, "chosen": 30}}}
+        "adapted": {"batch_size": {"recipe": 256, "chosen": 32}, "max_epochs": {"recipe": 4, "chosen": 20}}}
 
 
 def test_a_standalone_fit_on_a_small_folder_takes_the_adapted_batch(tmp_path):
