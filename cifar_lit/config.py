@@ -13,6 +13,8 @@ This module imports neither torch nor Lightning, so the CLI can validate flags i
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 import secrets
 from datetime import datetime
@@ -294,10 +296,16 @@ class TrainConfig(BaseModel):
         return self.recipe != "auto" and self.val_size is not None and all(
             getattr(self, name) is not None for name in (*RECIPE_FIELDS, *DATA_FIELDS))
 
-    def effective(self) -> dict[str, Any]:
+    def effective(self, by_content: bool = True) -> dict[str, Any]:
         """What decides the trained model: the config without names, places and switches that
-        do not change the result (so a re-run into a new output dir is still "the same")."""
-        return {k: v for k, v in self.as_dict().items() if k not in NOT_EFFECTIVE}
+        do not change the result (so a re-run into a new output dir is still "the same").
+        A weights file counts by its content, not its path: the same weights copied elsewhere are
+        the same start, new weights saved over the old file are not (``by_content=False``: the
+        path, as a checkpoint's saved config records it)."""
+        kept = {k: v for k, v in self.as_dict().items() if k not in NOT_EFFECTIVE}
+        if by_content and self.weights_file is not None and self.weights_file.is_file():
+            kept["weights_file"] = file_digest(self.weights_file)
+        return kept
 
     @property
     def step_lr(self) -> float:
@@ -317,6 +325,21 @@ class TrainConfig(BaseModel):
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe dict: the W&B run config and the checkpoint's hyperparameters."""
         return self.model_dump(mode="json")
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes, computed once per (path, size, modification time)."""
+    st = Path(path).stat()
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
 
 
 class PredictConfig(BaseModel):

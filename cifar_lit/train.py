@@ -177,7 +177,7 @@ def resume_point(config: TrainConfig, last: Path) -> str | None:
     saved = (ckpt.get("hyper_parameters") or {}).get("config") or {}
     # How long to train may change on resume (continue a run for more epochs); nothing else.
     length = {"max_epochs", "max_time", "patience"}
-    now = {k: v for k, v in config.effective().items() if k not in length}
+    now = {k: v for k, v in config.effective(by_content=False).items() if k not in length}
     same = {k: v for k, v in saved.items() if k not in NOT_EFFECTIVE | length} == now
     if saved.get("output_dir") != config.as_dict()["output_dir"] or not same:
         raise OutputDirError(f"{path}: was written by a run with another config; use a new --output-dir")

@@ -181,3 +181,20 @@ def test_script_flag_errors_answer_without_heavy_imports(argv, line):
     assert bad.stderr.strip().splitlines() == [line]
 
 
+
+
+def test_a_weights_file_counts_by_its_content_not_its_path(tmp_path):
+    """The skip-if-unchanged check and resume compare ``effective()``: new weights saved over the
+    old file must retrain; the same weights copied elsewhere must not."""
+    import os
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"weights one")
+    b.write_bytes(b"weights one")
+    config = TrainConfig(recipe="transfer", weights_file=a)
+    before = config.effective()
+    assert before == TrainConfig(recipe="transfer", weights_file=b).effective()
+    assert before["weights_file"].startswith("sha256:")
+    a.write_bytes(b"weights two")
+    os.utime(a, ns=(1, 1))  # a new modification time, as a save gives
+    assert config.effective() != before
