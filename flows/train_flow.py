@@ -25,7 +25,9 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the hea
     from cifar_lit.cli import parse_config
 
     CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG)
-    API = TemporaryAPI()  # boots while torch and Lightning are imported below
+    # The API server boots while torch and Lightning are imported below; any wait left for it
+    # goes to importing W&B, which the run imports next.
+    API = TemporaryAPI(preload=("wandb", "wandb.apis.public") if CLI_CONFIG.wandb_mode != "disabled" else ())
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.runtime import flow_run
