@@ -283,3 +283,33 @@ class FileServer:
         self._stopping.set()  # let stalled handlers end
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def photos(root: Path, counts: dict[str, dict[str, int]], size: tuple[int, int] = (60, 40), seed: int = 0) -> Path:
+    """Like ``layout``, but images of ``size`` (width, height), not square: ``class_images`` at the
+    longer side, cut to the shorter, so colour and stripes still follow the class."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    classes = sorted({c.split("/")[0] for per in counts.values() for c in per})
+    for folder, per in counts.items():
+        for class_path, n in per.items():
+            out = root / folder / class_path
+            out.mkdir(parents=True, exist_ok=True)
+            label = classes.index(class_path.split("/")[0])
+            for i, img in enumerate(class_images(np.full(n, label), len(classes), rng, max(w, h))):
+                Image.fromarray(img[:h, :w]).save(out / f"{i:03d}.png")
+    return root
+
+
+def banded(size: tuple[int, int], band: tuple[int, int], colours=((255, 0, 0), (0, 160, 0), (0, 0, 255))) -> Image.Image:
+    """An RGB image of ``size`` (width, height): its outer quarters on the long axis in
+    ``colours[0]``, the middle half in ``colours[1]`` with a band ``band`` = (start, stop) along
+    the long axis in ``colours[2]``. A square crop of the centre shows no ``colours[0]``."""
+    w, h = size
+    long = max(w, h)
+    line = np.empty((long, 3), np.uint8)
+    line[:] = colours[0]
+    line[long // 4 : long - long // 4] = colours[1]
+    line[band[0] : band[1]] = colours[2]
+    pixels = np.broadcast_to(line[None, :, :], (h, w, 3)) if w >= h else np.broadcast_to(line[:, None, :], (h, w, 3))
+    return Image.fromarray(np.ascontiguousarray(pixels))
