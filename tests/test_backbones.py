@@ -9,7 +9,6 @@ import pytest
 import torch
 import torchvision
 from fakes import image_folder, refused_url
-from pydantic import ValidationError
 
 from cifar_lit import train
 from cifar_lit.config import TrainConfig
@@ -20,6 +19,7 @@ from cifar_lit.models import build_model
 from cifar_lit.models.torchvision_nets import HEADS, WeightsError, load_start_weights, normalisation
 from cifar_lit.module import HeadFirst, head_of
 from cifar_lit.predict import predict
+from cifar_lit.recipes import resolve
 from cifar_lit.train import build_classifier, evaluate, fit, load_classifier
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -124,10 +124,11 @@ def test_published_weights_without_internet_is_one_line(make_config, monkeypatch
 
 
 def test_starting_weights_for_a_network_without_them_is_one_line(make_config, weights_files):
-    # --pretrained: refused while the flags are read (no torch needed to know the catalogue).
-    with pytest.raises(ValidationError, match="pretrained: published weights exist for resnet18, mobilenet_v3_small; "
-                                              "not for seed_cnn"):
-        make_config(pretrained=True, max_epochs=1, wandb_mode="disabled")
+    # --pretrained: refused when the recipe is resolved, which the command line does while it
+    # reads the flags (no torch needed to know the catalogue).
+    with pytest.raises(ValueError, match="pretrained: published weights exist for resnet18, mobilenet_v3_small; "
+                                         "not for seed_cnn"):
+        resolve(make_config(pretrained=True, max_epochs=1, wandb_mode="disabled"))
     # --weights-file of another network: one line when the fit loads it.
     cfg = make_config(weights_file=weights_files["resnet18"], max_epochs=1, wandb_mode="disabled")
     with pytest.raises(ModelFileError) as failed:
