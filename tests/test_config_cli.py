@@ -144,7 +144,8 @@ def test_script_help_answers_without_torch_prefect_or_wandb():
     for name in TrainConfig.model_fields:  # every field, each default said at most once
         assert _flag_help(text, flag(name)).count("(default") <= 1, name
     assert "(default: data)" in _flag_help(text, "--data-dir")
-    assert "{airnet94,airnet_m,airnet_s,mobilenet_v3_small,resnet18,seed_cnn}" in _flag_help(text, "--model")  # the registry's models
+    # The registry's models:
+    assert "{airnet94,airnet_m,airnet_s,mobilenet_v3_small,resnet18,seed_cnn}" in _flag_help(text, "--model")
     assert "{auto,seed,cpu-fast,cpu-long,gpu-fast,transfer}" in _flag_help(text, "--recipe")
     assert "--compile, --no-compile" in text and "--force, --no-force" in text  # booleans are switches
     predict = _light("flows/predict_flow.py", "--help")

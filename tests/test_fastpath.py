@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.tensors import DeviceBatches, flip_and_translate, load_tensors, tensor_cache_path
 from cifar_lit.models.airnet import AirNet
+from cifar_lit.recipes import resolve
 from cifar_lit.train import evaluate, fit
 
 
@@ -33,7 +34,8 @@ def test_tensor_path_serves_the_reference_images(dataset, make_config, tmp_path)
     pil.setup()
     fast = ImageDataModule(make_config(**extra, data_path="tensor"), pil.split_file)
     fast.setup()
-    for part, ref in (("train", pil.train_set), ("val", pil.val_set), ("test", pil.test_set)):
+    # The per-sample path's evaluation view of each part (its train set is augmented).
+    for part, ref in ((p, pil.eval_set(p)) for p in ("train", "val", "test")):
         images, labels = fast.images_of(part)
         assert torch.equal(images, _reference_uint8(pil, ref))
         assert labels.tolist() == [ref[i][1] for i in range(len(ref))]
@@ -107,7 +109,8 @@ def test_whitening_decorrelates_patches():
 
 def test_fast_recipe_learns_on_cpu(make_config):
     cfg = make_config(recipe="cpu-fast", batch_size=32, max_epochs=6, wandb_mode="disabled", prediction_samples=2)
-    assert (cfg.model, cfg.data_path, cfg.optimizer, cfg.tta) == ("airnet_s", "tensor", "muon", 1)
+    resolved = resolve(cfg)
+    assert (resolved.model, resolved.data_path, resolved.optimizer, resolved.tta) == ("airnet_s", "tensor", "muon", 1)
     dm = ImageDataModule(cfg)
     dm.prepare_data()
     dm.setup("fit")
