@@ -51,9 +51,10 @@ def outputs(model: LoadedModel, images: torch.Tensor, batch_size: int = 500) -> 
 
 
 def evaluate_file(model: LoadedModel, split_file: Path, data_dir: Path) -> tuple[float, list[float]]:
-    """Accuracy and per-class accuracy of ``model`` on the test part of ``split_file``."""
+    """Accuracy and per-class accuracy of ``model`` on the test part of ``split_file``, at the
+    model's own image size (a champion trained at 64 px is judged on 64 px images)."""
     split = read_split(split_file)
-    images, labels = split_parts(split, Path(data_dir).resolve(), parts=("test",))["test"]
+    images, labels = split_parts(split, Path(data_dir).resolve(), parts=("test",), size=model.image_size)["test"]
     preds = outputs(model, images).argmax(1)
     correct = preds == labels
     per_class = [float(correct[labels == c].float().mean()) if (labels == c).any() else float("nan")

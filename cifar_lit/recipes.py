@@ -361,6 +361,9 @@ def _check(config: TrainConfig, values: dict[str, Any]) -> None:
     def get(name: str) -> Any:
         return values[name] if name in values else getattr(config, name)
 
+    if config.dataset != "imagefolder" and config.image_size not in (None, 32):
+        raise ValueError(f"image_size: {config.dataset} images are 32x32; use image_size 32 (or leave it unset), "
+                         f"not {config.image_size}")
     if get("patience") and get("val_size") == 0:
         raise ValueError("patience: EarlyStopping watches val_loss, so it needs --val-size above 0 (or --patience 0)")
     from cifar_lit.models import CATALOGUE

@@ -138,7 +138,7 @@ def test_the_memory_budget_default_is_a_quarter_of_the_machine():
     assert cache_budget(2.5) == 2_500_000_000
 
 
-def test_a_tiny_cache_max_gb_streams_in_a_real_fit(tmp_path, make_config, caplog):
+def test_a_tiny_cache_max_gb_streams_in_a_real_fit(tmp_path, make_config, caplog, monkeypatch):
     from cifar_lit.model_file import load_model, package
     from cifar_lit.predict import predict
     from cifar_lit.train import evaluate, fit
@@ -161,6 +161,15 @@ def test_a_tiny_cache_max_gb_streams_in_a_real_fit(tmp_path, make_config, caplog
     df = predict(load_model(tmp_path / "model" / "model.pt"), files)
     labels = [dm.classes[dm.split["samples"][i][1]] for i in dm.split["test"]]
     assert tested.metrics["test_acc"] == pytest.approx(np.mean(df["prediction"].to_numpy() == np.array(labels)))
+    # And the registry gate judges it so too, on 48 px images, when it is the champion a
+    # challenger must beat.
+    from cifar_lit import promote
+
+    seen = []
+    real_outputs = promote.outputs
+    monkeypatch.setattr(promote, "outputs", lambda model, images: seen.append(images.shape) or real_outputs(model, images))
+    acc, _ = promote.evaluate_file(load_model(tmp_path / "model" / "model.pt"), dm.split_file, root)
+    assert acc == pytest.approx(tested.metrics["test_acc"]) and seen[0][1:] == (3, 48, 48)
 
 
 # ---- the tensor cache ----------------------------------------------------------------------------
@@ -248,13 +257,19 @@ def test_default_image_size_rule():
 
 
 @pytest.mark.parametrize("data_path", ["pil", "tensor"])
-def test_cifar_at_another_size_is_a_one_line_error(make_config, data_path):
-    dm = ImageDataModule(make_config(image_size=64, data_path=data_path))
-    dm.prepare_data()
-    with pytest.raises(DataError) as caught:
-        dm.setup("fit")
+def test_cifar_at_another_size_is_a_one_line_error(make_config, data_path, capsys):
+    # Refused when the recipe is resolved: before any download, by the data module too.
+    with pytest.raises(ValueError) as caught:
+        ImageDataModule(make_config(image_size=64, data_path=data_path))
     assert str(caught.value) == "image_size: cifar10 images are 32x32; use image_size 32 (or leave it unset), not 64"
-    ok = ImageDataModule(make_config(image_size=32, data_path=data_path), dm.split_file)
+    from cifar_lit.cli import parse_config
+
+    with pytest.raises(SystemExit):
+        parse_config(["--image-size", "64", "--data-path", data_path], prog="train_flow.py")
+    assert capsys.readouterr().err.strip() == ("train_flow.py: error: --image-size: cifar10 images are 32x32; "
+                                               "use image_size 32 (or leave it unset), not 64")
+    ok = ImageDataModule(make_config(image_size=32, data_path=data_path))
+    ok.prepare_data()
     ok.setup("fit")
     assert ok.images_of("val", 2)[0].shape == (2, 3, 32, 32)
 

@@ -88,6 +88,8 @@ def test_what_needs_the_recipe_is_checked_when_it_is_resolved(capsys):
         resolve(TrainConfig(recipe="seed", val_size=0))
     with pytest.raises(ValueError, match="pretrained: published weights exist for .*not for seed_cnn"):
         resolve(TrainConfig(recipe="seed", pretrained=True))
+    with pytest.raises(ValueError, match="image_size: cifar10 images are 32x32"):
+        resolve(TrainConfig(image_size=64))
     # At the command line: one line naming the flag, exit 2.
     with pytest.raises(SystemExit) as e:
         parse_config(["--recipe", "seed", "--val-size", "0"], prog="train_flow.py")
@@ -167,10 +169,9 @@ def test_the_adaptation_is_said_in_one_line_and_in_the_summary_block():
 def test_a_standalone_fit_on_a_small_folder_takes_the_adapted_batch(tmp_path):
     """cifar_lit.train.fit with an unresolved config resolves it for its split: 64 training
     images under cpu-fast train in batches of 16 (4 steps an epoch), not one batch of 256."""
-    from tests import fakes
-
     from cifar_lit.data.datamodule import ImageDataModule
     from cifar_lit.train import fit
+    from tests import fakes
 
     root = fakes.image_folder(tmp_path / "photos", classes=("a", "b"), per_class=40)
     cfg = TrainConfig(recipe="cpu-fast", dataset="imagefolder", data_dir=root, max_epochs=1, test_size=16,
