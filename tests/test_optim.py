@@ -10,6 +10,7 @@ from torch import nn
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.module import LitClassifier
 from cifar_lit.optim import Muon
+from cifar_lit.recipes import resolve
 from cifar_lit.train import fit
 
 
@@ -58,7 +59,7 @@ def test_cpu_fast_resume_continues_exactly(make_config, monkeypatch):
     """Muon's momentum travels in the checkpoint: a fit that crashes at the start of its 2nd epoch
     and resumes lands on the same weights as one that never crashed."""
     straight = make_config(recipe="cpu-fast", batch_size=32, max_epochs=2, wandb_mode="disabled")
-    assert straight.optimizer == "muon"
+    assert resolve(straight).optimizer == "muon"
     ImageDataModule(straight).setup("fit")
     split = straight.out / "split.json"
     whole = fit(straight, split)
