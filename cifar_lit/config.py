@@ -309,9 +309,10 @@ class TrainConfig(BaseModel):
 
     @property
     def step_lr(self) -> float:
-        """The learning rate the optimizer uses: ``lr``, scaled to the batch when ``lr_batch`` is set.
+        """The learning rate the optimizer uses: ``lr``, scaled to the batch when ``lr_batch`` is set
+        (of a resolved config: ``cifar_lit.recipes.resolve``).
 
-        >>> TrainConfig(recipe="cpu-fast", batch_size=256, lr=2.4).step_lr
+        >>> TrainConfig(recipe="cpu-fast", batch_size=256, lr=2.4, lr_batch=1024).step_lr
         0.6
         """
         return self.lr * self.batch_size / self.lr_batch if self.lr_batch else self.lr
