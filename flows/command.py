@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -174,18 +173,20 @@ class TemporaryAPI:
         """Stop the server and everything in its process group: SIGTERM, so that it writes what
         it has received (Prefect persists events, and task runs from them, in the background),
         then SIGKILL after ``timeout`` seconds."""
+        import signal
         import subprocess
 
         process, self.process = self.process, None
         if process is None:
             return
+        kill = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows has no SIGKILL
         _signal_group(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
-            _signal_group(process.pid, _KILL)
+            _signal_group(process.pid, kill)
             process.wait()
-        _signal_group(process.pid, _KILL)  # anything it started that outlived it
+        _signal_group(process.pid, kill)  # anything it started that outlived it
 
 
 def _watch(process: subprocess.Popen, port: int, answering: threading.Event, warmed: threading.Event) -> None:
@@ -219,7 +220,6 @@ def _watch(process: subprocess.Popen, port: int, answering: threading.Event, war
 
 
 _STARTED: TemporaryAPI | None = None
-_KILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows has no SIGKILL
 
 
 def _false(value: str | None) -> bool:
@@ -275,6 +275,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
+    import signal
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     parent = os.getpid()
