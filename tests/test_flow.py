@@ -171,13 +171,20 @@ def test_wrong_checksum_fails_fast_and_clearly(make_config, server):
 
 def test_default_recipe_end_to_end(make_config):
     # val_size=None: the recipe's own, 0 (no validation split; every non-test image trains).
-    cfg = make_config(recipe="auto", accelerator="cpu", batch_size=32, max_epochs=2, prediction_samples=2, val_size=None)
+    # batch_size=None: the recipe's 256, fitted to the 200 training images (16: the smallest).
+    cfg = make_config(recipe="auto", accelerator="cpu", batch_size=None, max_epochs=2, prediction_samples=2,
+                      val_size=None)
     state, run_id = _run(cfg)
     assert state.is_completed(), state.message
     summary = state.result()
     assert summary["config"]["recipe"] == "cpu-fast" and summary["config"]["model"] == "airnet_s"
     assert summary["config"]["val_size"] == 0
     assert summary["epochs_completed"] == 2 and 0 <= summary["test_acc"] <= 1
+    # What the recipe chose for the data, in the summary and at the top of the UI's run summary.
+    note = "small dataset (200 training images): batch_size 256 -> 16 (12 steps per epoch, 24 in all)"
+    assert summary["config"]["batch_size"] == 16 and summary["config"]["max_epochs"] == 2
+    assert summary["recipe"] == {"name": "cpu-fast", "n_train": 200, "note": note,
+                                 "adapted": {"batch_size": {"recipe": 256, "chosen": 16}}}
     assert summary["val_acc"] is None and summary["best_val_acc"] is None
     split = json.loads((cfg.out / "split.json").read_text())
     assert split["val"] == [] and len(split["train"]) == 200  # all of the tiny CIFAR-10 train set
@@ -188,6 +195,7 @@ def test_default_recipe_end_to_end(make_config):
     assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export", "promote"}
     arts = _artifacts(run_id)
     assert "| val_acc | n/a |" in arts["markdown"].data
+    assert f"**Recipe**: cpu-fast; {note}" in arts["markdown"].data
     assert "epoch 2/2: train_loss_epoch=" in arts["progress"].description
     # W&B: no validation panels, but the captioned test images are there to inspect.
     (wb,) = [OfflineRun.load(d) for d in offline_run_dirs(cfg.out)]
