@@ -141,20 +141,23 @@ def image_folder(
     return root
 
 
-def layout(root: Path, counts: dict[str, dict[str, int]], size: int = 8, seed: int = 0) -> Path:
-    """An image folder of any layout: ``counts[folder][class_path]`` PNGs of size x size pixels
-    in ``root/folder/class_path/``, e.g. ``{"train": {"cat": 3, "dog/2019/may": 2}, "val":
+def layout(root: Path, counts: dict[str, dict[str, int]], size: int | tuple[int, int] = 8, seed: int = 0) -> Path:
+    """An image folder of any layout: ``counts[folder][class_path]`` PNGs in
+    ``root/folder/class_path/``, e.g. ``{"train": {"cat": 3, "dog/2019/may": 2}, "val":
     {"cat": 1}}`` (dog's images one level deep). Colour and stripes follow the class (the first
-    part of ``class_path``), so every image differs and its class is learnable."""
+    part of ``class_path``), so every image differs and its class is learnable. ``size``: a
+    square side, or (width, height) for photos that are not square (``class_images`` at the
+    longer side, cut to the shorter)."""
     rng = np.random.default_rng(seed)
+    w, h = (size, size) if isinstance(size, int) else size
     classes = sorted({c.split("/")[0] for per in counts.values() for c in per})
     for folder, per in counts.items():
         for class_path, n in per.items():
             out = root / folder / class_path
             out.mkdir(parents=True, exist_ok=True)
             label = classes.index(class_path.split("/")[0])
-            for i, img in enumerate(class_images(np.full(n, label), len(classes), rng, size)):
-                Image.fromarray(img).save(out / f"{i:03d}.png")
+            for i, img in enumerate(class_images(np.full(n, label), len(classes), rng, max(w, h))):
+                Image.fromarray(img[:h, :w]).save(out / f"{i:03d}.png")
     return root
 
 
@@ -283,22 +286,6 @@ class FileServer:
         self._stopping.set()  # let stalled handlers end
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def photos(root: Path, counts: dict[str, dict[str, int]], size: tuple[int, int] = (60, 40), seed: int = 0) -> Path:
-    """Like ``layout``, but images of ``size`` (width, height), not square: ``class_images`` at the
-    longer side, cut to the shorter, so colour and stripes still follow the class."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    classes = sorted({c.split("/")[0] for per in counts.values() for c in per})
-    for folder, per in counts.items():
-        for class_path, n in per.items():
-            out = root / folder / class_path
-            out.mkdir(parents=True, exist_ok=True)
-            label = classes.index(class_path.split("/")[0])
-            for i, img in enumerate(class_images(np.full(n, label), len(classes), rng, max(w, h))):
-                Image.fromarray(img[:h, :w]).save(out / f"{i:03d}.png")
-    return root
 
 
 def banded(size: tuple[int, int], band: tuple[int, int], colours=((255, 0, 0), (0, 160, 0), (0, 0, 255))) -> Image.Image:

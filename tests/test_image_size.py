@@ -36,7 +36,7 @@ def _pixels(path: Path, size: int) -> torch.Tensor:
 
 def _folder(tmp_path: Path) -> Path:
     """3 classes of 60x40 photos, one 96x48 banded image among the cats."""
-    root = fakes.photos(tmp_path / "ds", {"train": {"cat": 6, "dog": 6, "frog": 6}}, size=(60, 40))
+    root = fakes.layout(tmp_path / "ds", {"train": {"cat": 6, "dog": 6, "frog": 6}}, size=(60, 40))
     fakes.banded((96, 48), band=(40, 56)).save(root / "train" / "cat" / "banded.png")
     return root
 
@@ -233,9 +233,9 @@ def test_an_old_manifest_or_split_is_refused_not_misread(tmp_path):
 
 
 def test_the_split_carries_the_median_shorter_side_of_the_train_images(tmp_path, server, archives):
-    root = fakes.photos(tmp_path / "ds", {"train": {"cat": 3}}, size=(60, 40))
-    fakes.photos(root, {"train": {"dog": 2}}, size=(50, 90), seed=1)
-    fakes.photos(root, {"val": {"cat": 2, "dog": 1}, "test": {"cat": 1, "dog": 2}}, size=(300, 300), seed=2)
+    root = fakes.layout(tmp_path / "ds", {"train": {"cat": 3}}, size=(60, 40))
+    fakes.layout(root, {"train": {"dog": 2}}, size=(50, 90), seed=1)
+    fakes.layout(root, {"val": {"cat": 2, "dog": 1}, "test": {"cat": 1, "dog": 2}}, size=(300, 300), seed=2)
     ref = prepare_data("imagefolder", root)
     manifest = json.loads(Path(ref.manifest).read_text())
     assert manifest["sizes"]["train"] == [[60, 40]] * 3 + [[50, 90]] * 2
@@ -326,7 +326,7 @@ def test_every_network_family_trains_exports_and_predicts_at_48(tmp_path, make_c
     assert loaded.image_size == 48
     # A new photo, larger and of another shape than the training images: prepared at 48.
     photo = tmp_path / "new.png"
-    fakes.photos(tmp_path / "new", {"x": {"cat": 1}}, size=(90, 70), seed=5)
+    fakes.layout(tmp_path / "new", {"x": {"cat": 1}}, size=(90, 70), seed=5)
     shutil.copyfile(tmp_path / "new" / "x" / "cat" / "000.png", photo)
     row = predict(loaded, [photo]).iloc[0]
     assert pd.isna(row["error"])
