@@ -173,7 +173,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "32-true",
     },
 }
-RECIPE_NAMES = ("auto", *RECIPES)
 
 # Fields whose ``None`` means "take the recipe's value".
 RECIPE_FIELDS = tuple(RECIPES["seed"])  # val_size too, though "seed" leaves it to the dataset default

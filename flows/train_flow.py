@@ -93,8 +93,8 @@ def _train(config: TrainConfig) -> dict:
     # and more epochs than CIFAR's 50,000 images (what the user gave is kept).
     recipe = plan(config, data=DataSize.of_split(read_split(staged)))
     config = recipe.config
-    if recipe.describe():
-        logger.info("%s", recipe.describe())
+    if note := recipe.describe():
+        logger.info("%s", note)
 
     match = None if config.force else unchanged(config, fingerprint)
     if match is not None:  # the nightly case: nothing to learn that production does not know
