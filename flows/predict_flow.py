@@ -18,7 +18,7 @@ PROG = "predict_flow.py"
 if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
     from cifar_lit.cli import parse_config
     from cifar_lit.config import PredictConfig
-    from flows.command import TemporaryAPI
+    from flows.temporary_api import TemporaryAPI
 
     CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG, model=PredictConfig)
     API = TemporaryAPI()  # boots while torch is imported below; the flow waits for it

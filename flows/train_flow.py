@@ -17,7 +17,8 @@ import re
 import sys
 from pathlib import Path
 
-from flows.command import TemporaryAPI, prefect_defaults, run_or_exit
+from flows.command import prefect_defaults, run_or_exit
+from flows.temporary_api import TemporaryAPI
 
 PROG = "train_flow.py"
 prefect_defaults()

@@ -78,7 +78,11 @@ def test_a_finished_run_is_whole_in_the_api_and_on_disk_and_leaves_no_process(tm
         logs = [m for (m,) in db.execute("select message from log where flow_run_id = ? and task_run_id is null "
                                          "order by timestamp", (run_id,))]
         artifacts = {k for (k,) in db.execute("select key from artifact where flow_run_id = ?", (run_id,))}
+        events = [e for (e,) in db.execute("select event from events")]
     assert state == "COMPLETED"
+    # No flow-run heartbeats to a server that ends with the run (flows.temporary_api: serving),
+    # while the run's other events were sent and stored.
+    assert "prefect.flow-run.Completed" in events and "prefect.flow-run.heartbeat" not in events, set(events)
     # Task runs reach the database through events the server records in the background: all
     # six are there, finished, so the command's last events were sent and stored before it ended.
     assert sorted((n.rsplit("-", 1)[0], s) for n, s in tasks) == [
@@ -120,7 +124,7 @@ def test_a_killed_command_takes_its_server_with_it(tmp_path):
 
 CHECK = """
 import json, os, sys
-import flows.command as command
+import flows.temporary_api as command
 
 command._temporary_api_expected = lambda: sys.argv[1] == "expected"
 spawned = []
@@ -165,7 +169,7 @@ def test_a_configured_server_is_used_and_nothing_is_started(tmp_path):
 
 
 def test_the_cheap_look_at_prefect_settings_files(tmp_path, monkeypatch):
-    from flows.command import _temporary_api_expected as expected
+    from flows.temporary_api import _temporary_api_expected as expected
 
     home = tmp_path / "home"
     home.mkdir()
