@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cifar_lit.atomic import save_atomic
 from cifar_lit.data.cifar import SOURCES, load_cifar
 from cifar_lit.data.imagefolder import SIZE, DataError, load_rgb
 from cifar_lit.data.prepare import cache_dir
@@ -190,12 +191,9 @@ def load_tensors(split: dict, data_dir: Path, size: int = SIZE) -> dict[str, tor
         tensors["train"] = images
         tensors["train_labels"] = torch.tensor([label for _, label in samples], dtype=torch.int64)
         tensors["test"], tensors["test_labels"] = images[:0].clone(), tensors["train_labels"][:0].clone()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Through a temporary file and a rename: a crash mid-write never leaves half a cache under
-    # the real name (the rebuild above still covers caches damaged some other way).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(tensors, tmp)
-    tmp.replace(path)
+    # Whole or not at all: a crash mid-write never leaves half a cache under the real name (the
+    # rebuild above still covers caches damaged some other way).
+    save_atomic(path, lambda tmp: torch.save(tensors, tmp))
     return tensors
 
 
