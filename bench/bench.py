@@ -72,7 +72,7 @@ def prepare(data_dir: Path) -> dict[str, Path]:
 
     splits = {}
     for recipe in ("seed", "cpu-fast"):
-        dm = ImageDataModule(config(data_dir, recipe, OUT / f"prepare-{recipe}"))
+        dm = ImageDataModule.from_config(config(data_dir, recipe, OUT / f"prepare-{recipe}"))
         dm.prepare_data()
         dm.setup()
         splits[recipe] = dm.split_file
@@ -118,12 +118,12 @@ def data_memory(data_dir: Path, split: Path) -> dict:
 
     Path("/proc/self/clear_refs").write_text("5")  # restart the peak from the current RSS
     before = _proc_status("VmRSS")
-    dm = ImageDataModule(config(data_dir, "cpu-fast", OUT / "memory"), split)
+    dm = ImageDataModule.from_config(config(data_dir, "cpu-fast", OUT / "memory"), split)
     dm.setup("fit")
     for _ in dm.train_dataloader():
         pass
     peak = _proc_status("VmHWM") - before
-    pool = len(dm.tensors["train"][0])
+    pool = len(dm.serving.views["train"][0])
     uint8 = pool * 3 * 32 * 32
     return {"pool_images": pool, "peak_mib": round(peak / 2**20, 1),
             "mib_per_10k_images": round(peak / 2**20 / (pool / 10_000), 1), "ratio_to_uint8": round(peak / uint8, 2)}
@@ -147,7 +147,7 @@ def loading_speed(data_dir: Path, splits: dict[str, Path], batches: int = 60, pa
     batch_size = config(data_dir, "cpu-fast", OUT / "loading").batch_size
     speeds = {}
     for name, recipe in (("tutorial DataLoader", "seed"), ("fast path", "cpu-fast")):
-        dm = ImageDataModule(config(data_dir, recipe, OUT / "loading", batch_size=batch_size), splits[recipe])
+        dm = ImageDataModule.from_config(config(data_dir, recipe, OUT / "loading", batch_size=batch_size), splits[recipe])
         dm.setup("fit")
         rates = []
         for _ in range(passes):
@@ -176,7 +176,7 @@ def lightning_vs_plain(data_dir: Path, split: Path, steps: int = 45, rounds: int
     from cifar_lit.train import build_classifier
 
     cfg = config(data_dir, "cpu-fast", OUT / "overhead")
-    dm = ImageDataModule(cfg, split)
+    dm = ImageDataModule.from_config(cfg, split)
     dm.setup("fit")
 
     class Clock(Callback):

@@ -48,7 +48,7 @@ def main() -> None:
                            accelerator=args.accelerator, devices=1, wandb_mode="disabled", prediction_samples=0,
                            output_dir=OUT / f"gpu-{stamp}-run{i}", **overrides)
 
-    dm = ImageDataModule(config(0))  # split and tensor cache, untimed
+    dm = ImageDataModule.from_config(config(0))  # split and tensor cache, untimed
     dm.prepare_data()
     dm.setup()
     runs = []

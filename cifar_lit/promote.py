@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.data.split import read_split
+from cifar_lit.data.split import Split
 from cifar_lit.data.tensors import split_parts
 from cifar_lit.model_file import LoadedModel, load_model
 from cifar_lit.provenance import code_version, git_commit
@@ -53,7 +53,7 @@ def outputs(model: LoadedModel, images: torch.Tensor, batch_size: int = 500) -> 
 def evaluate_file(model: LoadedModel, split_file: Path, data_dir: Path) -> tuple[float, list[float]]:
     """Accuracy and per-class accuracy of ``model`` on the test part of ``split_file``, at the
     model's own image size (a champion trained at 64 px is judged on 64 px images)."""
-    split = read_split(split_file)
+    split = Split.read(split_file)
     images, labels = split_parts(split, Path(data_dir).resolve(), parts=("test",), size=model.image_size)["test"]
     preds = outputs(model, images).argmax(1)
     correct = preds == labels

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cifar_lit.config import TrainConfig
+    from cifar_lit.data.split import Split
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +245,9 @@ class DataSize:
     median_side: int | None = None
 
     @classmethod
-    def of_split(cls, split: dict) -> DataSize:
-        """From a split document (``cifar_lit.data.split.read_split``)."""
-        return cls(len(split["train"]), split.get("median_side"))
+    def of_split(cls, split: Split) -> DataSize:
+        """From a split (``cifar_lit.data.split.Split``)."""
+        return cls(len(split.train), split.median_side)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from cifar_lit.callbacks import EpochHook, ImagePredictionLogger, build_callback
 from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
 from cifar_lit.config import NOT_EFFECTIVE, TORCHVISION_NETS, TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.data.split import read_split
+from cifar_lit.data.split import Split
 from cifar_lit.model_file import ModelFileError, from_checkpoint, safe_load
 from cifar_lit.models import CATALOGUE, build_model, check_input_size
 from cifar_lit.module import HeadFirst, LitClassifier
@@ -117,7 +117,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
         raise OutputDirError(f"output_dir: {config.out} already holds checkpoints; use a new --output-dir or --resume")
 
     pretrained = starts_pretrained(config)
-    dm = ImageDataModule(config, split_file, weights_normalisation(config) if pretrained else None)
+    dm = ImageDataModule.from_config(config, split_file, weights_normalisation(config) if pretrained else None)
     dm.setup("fit")
     # A resumed fit takes every weight from its checkpoint: no download, no weights file needed.
     model = build_classifier(config, dm, start_weights=ckpt_path is None)
@@ -130,7 +130,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     # recipe's 1): see cifar_lit.module.HeadFirst.
     if config.head_epochs:
         callbacks.append(HeadFirst(config.head_epochs))
-    steps = max(1, len(dm.train_set) // config.batch_size)
+    steps = max(1, dm.num_images("train") // config.batch_size)
     # A resumed fit logs beside the first attempt's CSV instead of overwriting it.
     stage = "fit" if ckpt_path is None else f"fit-resumed-{time.strftime('%H%M%S')}"
     trainer = _trainer(config, stage, callbacks, steps, **({} if validate else {"limit_val_batches": 0}))
@@ -161,7 +161,7 @@ def resolved_for(config: TrainConfig, split_file: Path) -> TrainConfig:
     for the flow's already resolved config; see ``cifar_lit.recipes``)."""
     if config.is_resolved:
         return config
-    config = resolve(config, data=DataSize.of_split(read_split(split_file)))
+    config = resolve(config, data=DataSize.of_split(Split.read(split_file)))
     update_config(config)
     return config
 
@@ -271,7 +271,8 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     # statistics), not by the data module's default.
     # Tested at the image size it was trained at, as its checkpoint records it.
     sized = config.model_copy(update={"image_size": model.hparams.image_size})
-    dm = ImageDataModule(sized, split_file, (model.hparams.mean, model.hparams.std) if starts_pretrained(config) else None)
+    dm = ImageDataModule.from_config(sized, split_file,
+                                     (model.hparams.mean, model.hparams.std) if starts_pretrained(config) else None)
     dm.setup("test")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

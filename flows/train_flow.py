@@ -36,7 +36,8 @@ from prefect.states import Failed
 
 from cifar_lit import tracking
 from cifar_lit.config import TrainConfig
-from cifar_lit.data.split import data_counts, read_split, split_file_path, stage_split
+from cifar_lit.data.formats import on_disk
+from cifar_lit.data.split import Split, data_counts, split_file_path, stage_split
 from cifar_lit.export import model_dir
 from cifar_lit.machine import MachineError, check_machine
 from cifar_lit.model_file import MODEL_FILE, TORCHSCRIPT_FILE
@@ -45,7 +46,6 @@ from cifar_lit.recipes import DataSize, plan, recipe_summary, resolve
 from cifar_lit.rundir import OutputDirError, check_writable, own_output_dir
 from cifar_lit.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
 from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
-from tasks.download import data_state
 
 
 def _run_name() -> str:
@@ -79,7 +79,7 @@ def _train(config: TrainConfig) -> dict:
     out = config.out
     logger.info("output dir: %s", out.resolve())
     # Cached stages re-run on their own when their output is gone from disk.
-    fresh_data = data_state(config.dataset, config.data_dir, config.download_md5, config.val_dir, config.test_dir) is None
+    fresh_data = on_disk(config.dataset, config.data_dir, config.download_md5, config.val_dir, config.test_dir) is None
     ref = download_data.with_options(refresh_cache=fresh_data)(
         config.dataset, config.data_dir, config.download_url, config.download_md5, config.bad_images,
         exclude=(config.out, config.registry), val_dir=config.val_dir, test_dir=config.test_dir,
@@ -92,7 +92,7 @@ def _train(config: TrainConfig) -> dict:
     staged = stage_split(split_file, out)
     # Batch size, epochs and image size for this data: a few hundred photos get smaller batches
     # and more epochs than CIFAR's 50,000 images (what the user gave is kept).
-    recipe = plan(config, data=DataSize.of_split(read_split(staged)))
+    recipe = plan(config, data=DataSize.of_split(Split.read(staged)))
     config = recipe.config
     if note := recipe.describe():
         logger.info("%s", note)
@@ -113,7 +113,7 @@ def _train(config: TrainConfig) -> dict:
     try:
         fitted = fit_model(config, staged, progress)
         tested = evaluate_model(config, staged, Path(fitted["best_checkpoint"]))
-        data = data_counts(read_split(staged), tested["classes"], ref.skipped_reasons)
+        data = data_counts(Split.read(staged), tested["classes"], ref.skipped_reasons)
         if data["test"] is None:  # CIFAR's test batch is not in the split: count what was tested
             data["test"] = sum(map(sum, tested["confusion"]))
         parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint, data=data,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -11,47 +12,31 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from cifar_lit import provenance
-from cifar_lit.data import cifar, imagefolder, prepare
-from cifar_lit.data.cifar import SOURCES, DownloadError, is_ready
-from cifar_lit.data.imagefolder import stat_signature
-from cifar_lit.data.prepare import DataRef, cache_dir, prepare_data
+from cifar_lit.data import cifar, formats, imagefolder, prepare
+from cifar_lit.data.cifar import DownloadError
+from cifar_lit.data.formats import DataRef, Source, get_format
+from cifar_lit.data.prepare import prepare_data
 
 
-def data_state(dataset: str, data_dir: Path, download_md5: str | None, val_dir: Path | None = None,
-               test_dir: Path | None = None) -> str | None:
-    """What identifies the prepared data on disk; None when it is not there (yet).
-
-    CIFAR: the expected archive checksum, once an archive with it was extracted. Image folders:
-    names, sizes and mtimes of every file (train, val and test folders, at any depth), so any
-    edit invalidates the cache.
-    """
-    root = Path(data_dir).resolve()
-    if dataset in SOURCES:
-        md5 = (download_md5 or SOURCES[dataset].md5).lower()
-        return md5 if is_ready(root / SOURCES[dataset].base_folder, md5) else None
-    # The scan's manifest must be there too: a cached result pointing at a deleted one is stale.
-    return stat_signature(root, (val_dir, test_dir)) if any(cache_dir(root).glob("manifest-*.json")) else None
-
-
-def stage_code() -> str:
+def stage_code(dataset: str) -> str:
     """A hash of the code that implements this stage (the CIFAR download and extraction, the
-    image-folder scan, ``prepare_data`` and the task itself). It is part of the cache key, so a
-    change to that code runs the stage again instead of serving a result the old code made."""
-    return provenance.source_hash(cifar, imagefolder, prepare, download_data.fn)
+    image-folder scan, the dataset's format, ``prepare_data`` and the task itself). It is part of
+    the cache key, so a change to that code runs the stage again instead of serving a result the
+    old code made."""
+    fmt = sys.modules[type(get_format(dataset)).__module__]
+    return provenance.source_hash(cifar, imagefolder, prepare, formats, fmt, download_data.fn)
 
 
 def _cache_key(context, parameters) -> str:
-    """(dataset, data root, expected checksum, bad_images, the val/test folders chosen, the
-    stage's code). The flow refreshes this cache when ``data_state`` says the data is gone, so a
-    deleted folder is fetched again."""
+    """(dataset, data root, what identifies its input (``DataFormat.input_key``: the expected
+    checksum, or the image folder's files and the val/test folders chosen), bad_images, the
+    stage's code). The flow refreshes this cache when ``cifar_lit.data.formats.on_disk`` says the
+    data is gone, so a deleted folder is fetched again."""
     p = parameters
-    root = Path(p["data_dir"]).resolve()
-    folders = (p.get("val_dir"), p.get("test_dir"))
-    if p["dataset"] in SOURCES:
-        expected = (p["download_md5"] or SOURCES[p["dataset"]].md5).lower()
-    else:
-        expected = stat_signature(root, folders) + f"|val_dir {folders[0]}|test_dir {folders[1]}"
-    key = f"{p['dataset']}|{root}|{expected}|{p['bad_images']}|{stage_code()}"
+    source = Source(Path(p["data_dir"]).resolve(), download_md5=p.get("download_md5"), val_dir=p.get("val_dir"),
+                    test_dir=p.get("test_dir"))
+    expected = get_format(p["dataset"]).input_key(source)
+    key = f"{p['dataset']}|{source.root}|{expected}|{p['bad_images']}|{stage_code(p['dataset'])}"
     return "download-" + hashlib.sha256(key.encode()).hexdigest()
 
 

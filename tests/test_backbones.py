@@ -40,7 +40,7 @@ def weights_files(tmp_path_factory) -> dict[str, object]:
 
 
 def _split(cfg: TrainConfig):
-    ImageDataModule(cfg).setup("fit")  # downloads the tiny archive and writes the split
+    ImageDataModule.from_config(cfg).setup("fit")  # downloads the tiny archive and writes the split
     return cfg.out / "split.json"
 
 
@@ -56,7 +56,7 @@ def test_builders_resize_the_head_and_name_it():
 
 def test_weights_file_sets_every_starting_weight_but_the_head(make_config, weights_files):
     cfg = make_config(model="resnet18", weights_file=weights_files["resnet18"])
-    dm = ImageDataModule(cfg)
+    dm = ImageDataModule.from_config(cfg)
     dm.setup("fit")
     saved = torch.load(weights_files["resnet18"], weights_only=True)
     own = build_classifier(cfg, dm).net.state_dict()

@@ -18,7 +18,7 @@ from cifar_lit.data.cifar import ChecksumError, download_cifar, load_cifar
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.imagefolder import DataError, load_rgb32, scan_imagefolder
 from cifar_lit.data.prepare import prepare_data
-from cifar_lit.data.split import make_split, read_split, resolve_count, split_file_path, stage_split
+from cifar_lit.data.split import Split, make_split, resolve_count, split_file_path, stage_split
 
 
 def test_download_verifies_extracts_and_is_idempotent(tmp_path, server, archives):
@@ -141,13 +141,13 @@ def test_split_is_seeded_disjoint_and_saved(tmp_path, server, archives):
     ref = prepare_data("cifar10", tmp_path, server.url("/cifar10.tar.gz"), fakes.md5(archives["cifar10"]))
     path = make_split(ref, 40, 0.1, 7, tmp_path)
     assert path == split_file_path(ref, 40, 0.1, 7, tmp_path)
-    doc = read_split(path)
-    assert len(doc["val"]) == 40 and len(doc["train"]) == 160 and doc["test"] is None
-    assert not set(doc["train"]) & set(doc["val"])
+    doc = Split.read(path)
+    assert len(doc.val) == 40 and len(doc.train) == 160 and doc.test is None
+    assert not set(doc.train) & set(doc.val)
     same = path.read_bytes()
     assert make_split(ref, 40, 0.1, 7, tmp_path).read_bytes() == same  # same inputs, same file
     other = make_split(ref, 40, 0.1, 8, tmp_path)
-    assert other != path and read_split(other)["val"] != doc["val"]
+    assert other != path and Split.read(other).val != doc.val
     with pytest.raises(DataError, match="val_size: 200"):
         make_split(ref, 200, 0.1, 7, tmp_path)
 
@@ -155,12 +155,12 @@ def test_split_is_seeded_disjoint_and_saved(tmp_path, server, archives):
 def test_image_folder_split_holds_out_a_seeded_test_set(tmp_path):
     root = fakes.image_folder(tmp_path / "ds", per_class=10)
     ref = prepare_data("imagefolder", root)
-    doc = read_split(make_split(ref, 3, 6, 0, root))
-    assert (len(doc["test"]), len(doc["val"]), len(doc["train"])) == (6, 3, 21)
-    assert not (set(doc["test"]) | set(doc["val"])) & set(doc["train"])
+    doc = Split.read(make_split(ref, 3, 6, 0, root))
+    assert (len(doc.test), len(doc.val), len(doc.train)) == (6, 3, 21)
+    assert not (set(doc.test) | set(doc.val)) & set(doc.train)
     with_test = fakes.image_folder(tmp_path / "ds2", per_class=10, test_per_class=2)
-    doc2 = read_split(make_split(prepare_data("imagefolder", with_test), 0.2, 6, 0, with_test))
-    assert len(doc2["test"]) == 6 and all(doc2["samples"][i][0].startswith("test/") for i in doc2["test"])
+    doc2 = Split.read(make_split(prepare_data("imagefolder", with_test), 0.2, 6, 0, with_test))
+    assert len(doc2.test) == 6 and all(doc2.samples[i][0].startswith("test/") for i in doc2.test)
 
 
 def test_stage_split_never_overwrites_a_different_split(tmp_path, server, archives):
@@ -170,7 +170,7 @@ def test_stage_split_never_overwrites_a_different_split(tmp_path, server, archiv
     assert stage_split(make_split(ref, 40, 0.1, 1, tmp_path), out) == staged  # a retry: fine
     with pytest.raises(DataError, match="holds a different split"):
         stage_split(make_split(ref, 40, 0.1, 2, tmp_path), out)
-    assert read_split(staged)["seed"] == 1
+    assert Split.read(staged).seed == 1
 
 
 # ---- DataModule --------------------------------------------------------------------------------
@@ -178,18 +178,18 @@ def test_stage_split_never_overwrites_a_different_split(tmp_path, server, archiv
 
 def test_datamodule_serves_normalised_batches_from_the_split(make_config):
     cfg = make_config()
-    dm = ImageDataModule(cfg)
+    dm = ImageDataModule.from_config(cfg)
     dm.prepare_data()
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert -1.0 <= x.min() and x.max() <= 1.0 and x.min() < 0  # the tutorial's (0.5, 0.5) normalisation
     split = json.loads((cfg.out / "split.json").read_text())
-    assert len(dm.train_set) == len(split["train"]) == 160 and len(dm.val_set) == 40
+    assert len(dm.serving.train_set) == len(split["train"]) == 160 and len(dm.serving.val_set) == 40
     dm.setup("test")
-    assert len(dm.test_set) == 60
+    assert len(dm.serving.test_set) == 60
     # The same seed replays the same shuffled batches.
-    again = ImageDataModule(cfg, cfg.out / "split.json")
+    again = ImageDataModule.from_config(cfg, cfg.out / "split.json")
     again.setup("fit")
     assert torch.equal(next(iter(again.train_dataloader()))[1], y)
 
@@ -198,13 +198,13 @@ def test_datamodule_image_folder(tmp_path, make_config):
     root = fakes.image_folder(tmp_path / "ds", per_class=10)
     _odd_images(root)
     cfg = make_config(dataset="imagefolder", data_dir=root, val_size=0.2, test_size=0.2)
-    dm = ImageDataModule(cfg)
+    dm = ImageDataModule.from_config(cfg)
     dm.prepare_data()
     dm.setup()
     assert dm.classes == ["cat", "dog", "frog"]
-    total = len(dm.train_set) + len(dm.val_set) + len(dm.test_set)
+    total = len(dm.serving.train_set) + len(dm.serving.val_set) + len(dm.serving.test_set)
     assert total == 33  # 30 + grey + rgba + big; the broken file is skipped
-    xs = torch.stack([dm.train_set[i][0] for i in range(len(dm.train_set))])
+    xs = torch.stack([dm.serving.train_set[i][0] for i in range(len(dm.serving.train_set))])
     assert xs.shape[1:] == (3, 32, 32)
 
 
@@ -216,10 +216,10 @@ def test_a_last_training_batch_of_one_image_is_dropped_and_only_that(tmp_path):
     root = fakes.image_folder(tmp_path / "ds", per_class=12)
     base = TrainConfig(recipe="seed", dataset="imagefolder", data_dir=root, num_workers=0, val_size=0.2, seed=1,
                        output_dir=tmp_path / "out", wandb_mode="disabled")
-    dm = ImageDataModule(base)
+    dm = ImageDataModule.from_config(base)
     dm.setup("fit")
-    n = len(dm.train_set)
+    n = len(dm.serving.train_set)
     for batch, sizes in ((n - 1, [n - 1]), (n - 2, [n - 2, 2])):
-        dm.config = base.model_copy(update={"batch_size": batch})
+        dm.batch_size = batch
         assert [len(y) for _, y in dm.train_dataloader()] == sizes
-    assert sum(len(y) for _, y in dm.val_dataloader()) == len(dm.val_set)  # never for evaluation
+    assert sum(len(y) for _, y in dm.val_dataloader()) == len(dm.serving.val_set)  # never for evaluation

@@ -29,33 +29,32 @@ def test_tensor_path_serves_the_reference_images(dataset, make_config, tmp_path)
         Image.new("L", (40, 20), 90).save(root / "train" / "cat" / "grey-odd-size.png")
         Image.new("RGBA", (32, 32), (1, 2, 3, 4)).save(root / "train" / "dog" / "rgba.png")
         extra = dict(dataset="imagefolder", data_dir=root, val_size=0.25, test_size=0.25)
-    pil = ImageDataModule(make_config(**extra))
+    pil = ImageDataModule.from_config(make_config(**extra))
     pil.prepare_data()
     pil.setup()
-    fast = ImageDataModule(make_config(**extra, data_path="tensor"), pil.split_file)
+    fast = ImageDataModule.from_config(make_config(**extra, data_path="tensor"), pil.split_file)
     fast.setup()
     # The per-sample path's evaluation view of each part (its train set is augmented).
     for part, ref in ((p, pil.eval_set(p)) for p in ("train", "val", "test")):
         images, labels = fast.images_of(part)
         assert torch.equal(images, _reference_uint8(pil, ref))
         assert labels.tolist() == [ref[i][1] for i in range(len(ref))]
-    cfg = fast.config
-    assert tensor_cache_path(cfg.data_dir, pil.split["content_fingerprint"]).is_file()
+    assert tensor_cache_path(fast.data_dir, pil.split.content_fingerprint).is_file()
     # Unaugmented batches are the normalised images, in order.
-    (x, y), *_ = list(fast._batches("val", train=False, batch_size=1000))
+    (x, y), *_ = list(fast.serving.loader("val", batch_size=500))  # evaluation batches are twice as big
     mean = torch.tensor(fast.mean).view(1, 3, 1, 1)
     std = torch.tensor(fast.std).view(1, 3, 1, 1)
     assert torch.allclose(x, (fast.images_of("val")[0].float() / 255 - mean) / std, atol=1e-6)
 
 
 def test_tensor_cache_is_reused(make_config):
-    dm = ImageDataModule(make_config(data_path="tensor"))
+    dm = ImageDataModule.from_config(make_config(data_path="tensor"))
     dm.prepare_data()
     dm.setup()
-    path = tensor_cache_path(dm.config.data_dir, dm.split["content_fingerprint"])
+    path = tensor_cache_path(dm.data_dir, dm.split.content_fingerprint)
     stamp = path.stat().st_mtime_ns
-    again = load_tensors(dm.split, dm.config.data_dir)
-    assert torch.equal(again["train"][dm.split["val"]], dm.images_of("val")[0])
+    again = load_tensors(dm.split, dm.data_dir)
+    assert torch.equal(again["train"][list(dm.split.val)], dm.images_of("val")[0])
     assert path.stat().st_mtime_ns == stamp  # read back, not decoded and written again
 
 
@@ -111,7 +110,7 @@ def test_fast_recipe_learns_on_cpu(make_config):
     cfg = make_config(recipe="cpu-fast", batch_size=32, max_epochs=6, wandb_mode="disabled", prediction_samples=2)
     resolved = resolve(cfg)
     assert (resolved.model, resolved.data_path, resolved.optimizer, resolved.tta) == ("airnet_s", "tensor", "muon", 1)
-    dm = ImageDataModule(cfg)
+    dm = ImageDataModule.from_config(cfg)
     dm.prepare_data()
     dm.setup("fit")
     result = fit(cfg, cfg.out / "split.json")

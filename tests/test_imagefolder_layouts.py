@@ -20,27 +20,27 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar_lit.data.formats import on_disk
 from cifar_lit.data.imagefolder import DataError, load_rgb32, scan_imagefolder, stat_signature
 from cifar_lit.data.prepare import prepare_data
-from cifar_lit.data.split import make_split, read_split, split_file_path, split_fingerprint
+from cifar_lit.data.split import Split, make_split, split_file_path, split_fingerprint
 from cifar_lit.data.tensors import load_tensors, split_parts
 from tasks import download as download_task
-from tasks.download import data_state
 
 
-def _doc(root: Path, val_size=0.2, test_size=0.2, seed=0, **scan) -> dict:
+def _doc(root: Path, val_size=0.2, test_size=0.2, seed=0, **scan) -> Split:
     ref = prepare_data("imagefolder", root, **scan)
-    return read_split(make_split(ref, val_size, test_size, seed, root))
+    return Split.read(make_split(ref, val_size, test_size, seed, root))
 
 
-def _where(doc: dict, part: str) -> Counter:
+def _where(doc: Split, part: str) -> Counter:
     """Which top folder the images of ``part`` come from (absolute paths: the folder)."""
     return Counter(rel.split("/")[0] if not rel.startswith("/") else str(Path(rel).parent.parent)
-                   for rel, _ in (doc["samples"][i] for i in doc[part]))
+                   for rel, _ in (doc.samples[i] for i in getattr(doc, part)))
 
 
-def _per_class(doc: dict, part: str) -> dict[str, int]:
-    return dict(Counter(doc["classes"][doc["samples"][i][1]] for i in doc[part]))
+def _per_class(doc: Split, part: str) -> dict[str, int]:
+    return dict(Counter(doc.classes[doc.samples[i][1]] for i in getattr(doc, part)))
 
 
 # ---- 1. folder layouts ------------------------------------------------------------------------------
@@ -48,14 +48,14 @@ def _per_class(doc: dict, part: str) -> dict[str, int]:
 
 def test_a_val_folder_validates_and_test_is_still_held_out_from_train(tmp_path, caplog):
     root = fakes.layout(tmp_path / "ds", {"train": {"cat": 10, "dog": 10}, "val": {"cat": 2, "dog": 3}})
-    with caplog.at_level(logging.INFO, logger="cifar_lit.data.split"):
+    with caplog.at_level(logging.INFO, logger="cifar_lit.data.formats.imagefolder"):
         doc = _doc(root, val_size=0.5, test_size=0.2)  # the old code: val/ ignored, 50% of train validated
     assert _where(doc, "val") == {"val": 5}
     assert _where(doc, "test") == {"train": 4} and _per_class(doc, "test") == {"cat": 2, "dog": 2}  # never val/
     assert _where(doc, "train") == {"train": 16}
     line = f"val: {root}/val (5 images); test: 20% of train held out, stratified (4 images)"
     assert line in caplog.text
-    assert doc["val_from"] == f"{root}/val" and doc["test_from"] == "20% of train held out, stratified"
+    assert doc.val_from == f"{root}/val" and doc.test_from == "20% of train held out, stratified"
 
 
 @pytest.mark.parametrize("name", ["valid", "validation"])
@@ -74,7 +74,7 @@ def test_the_first_val_folder_present_wins_and_the_others_are_named(tmp_path, ca
 def test_val_and_test_folders_leave_all_of_train_for_training(tmp_path, caplog):
     root = fakes.layout(tmp_path / "ds", {"train": {"cat": 3, "dog": 3}, "val": {"cat": 1, "dog": 1},
                                           "test": {"cat": 2, "dog": 1}})
-    with caplog.at_level(logging.INFO, logger="cifar_lit.data.split"):
+    with caplog.at_level(logging.INFO, logger="cifar_lit.data.formats.imagefolder"):
         doc = _doc(root)
     assert (_where(doc, "train"), _where(doc, "val"), _where(doc, "test")) == ({"train": 6}, {"val": 2}, {"test": 3})
     assert f"val: {root}/val (2 images); test: {root}/test (3 images)" in caplog.text
@@ -82,9 +82,9 @@ def test_val_and_test_folders_leave_all_of_train_for_training(tmp_path, caplog):
 
 def test_no_val_folder_and_val_size_zero_validates_nothing(tmp_path, caplog):
     root = fakes.layout(tmp_path / "ds", {"train": {"cat": 5, "dog": 5}})
-    with caplog.at_level(logging.INFO, logger="cifar_lit.data.split"):
+    with caplog.at_level(logging.INFO, logger="cifar_lit.data.formats.imagefolder"):
         doc = _doc(root, val_size=0, test_size=0.2)
-    assert doc["val"] == [] and len(doc["test"]) == 2 and len(doc["train"]) == 8
+    assert doc.val == () and len(doc.test) == 2 and len(doc.train) == 8
     assert "val: none (val_size 0); test: 20% of train held out, stratified (2 images)" in caplog.text
 
 
@@ -102,11 +102,11 @@ def test_val_dir_and_test_dir_choose_other_folders(tmp_path, make_config):
     assert torch.equal(images, torch.from_numpy(np.stack(expected)).permute(0, 3, 1, 2)) and labels.tolist() == [0, 0, 1]
     from cifar_lit.data.datamodule import ImageDataModule
 
-    dm = ImageDataModule(make_config(dataset="imagefolder", data_dir=root, val_dir="holdout", test_dir=elsewhere))
+    dm = ImageDataModule.from_config(make_config(dataset="imagefolder", data_dir=root, val_dir="holdout", test_dir=elsewhere))
     dm.prepare_data()
     dm.setup()
-    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (8, 2, 3)
-    assert dm.test_set[2][0].shape == (3, 32, 32) and dm.test_set[2][1] == 1
+    assert (len(dm.serving.train_set), len(dm.serving.val_set), len(dm.serving.test_set)) == (8, 2, 3)
+    assert dm.serving.test_set[2][0].shape == (3, 32, 32) and dm.serving.test_set[2][1] == 1
 
 
 @pytest.mark.parametrize("folder", ["val", "test"])
@@ -159,7 +159,7 @@ def test_a_nested_image_changes_the_fingerprint_and_the_cache_keys(tmp_path):
     def state():
         params = dict(dataset="imagefolder", data_dir=root, download_url=None, download_md5=None, bad_images="skip")
         ref = prepare_data("imagefolder", root)
-        return (ref.fingerprint, stat_signature(root), data_state("imagefolder", root, None),
+        return (ref.fingerprint, stat_signature(root), on_disk("imagefolder", root, None),
                 download_task._cache_key(None, params))
 
     before = state()
@@ -344,7 +344,7 @@ def test_a_16_bit_png_in_a_dataset_is_not_white(tmp_path):
     root = fakes.layout(tmp_path / "ds", {"train": {"cat": 4, "dog": 4}})
     Image.fromarray(np.full((16, 16), 16384, np.uint16)).save(root / "train" / "cat" / "deep.png")
     doc = _doc(root, val_size=0, test_size=0.25)
-    i = next(i for i, (rel, _) in enumerate(doc["samples"]) if rel.endswith("deep.png"))
+    i = next(i for i, (rel, _) in enumerate(doc.samples) if rel.endswith("deep.png"))
     pixels = load_tensors(doc, root)["train"][i]
     assert pixels.unique().tolist() == [64]  # 16384 / 257; the old code: 255 everywhere
 
@@ -359,8 +359,8 @@ def test_hold_outs_take_the_same_fraction_from_every_class(tmp_path, seed):
     assert _per_class(doc, "test") == {"a": 4, "b": 2, "c": 1}  # 7 of 35, 20% of each class
     assert _per_class(doc, "val") == {"a": 3, "b": 2, "c": 1}  # 6 of the 28 left, shares rounded per class
     assert _per_class(doc, "train") == {"a": 13, "b": 6, "c": 3}
-    assert not (set(doc["train"]) & set(doc["val"]) or set(doc["train"]) & set(doc["test"]) or
-                set(doc["val"]) & set(doc["test"]))
+    assert not (set(doc.train) & set(doc.val) or set(doc.train) & set(doc.test) or
+                set(doc.val) & set(doc.test))
 
 
 def test_the_split_is_seeded_and_deterministic(tmp_path):
@@ -404,17 +404,17 @@ def test_min_per_class_leaves_small_classes_out_with_one_warning(tmp_path, caplo
                                           "test": {"cat": 1, "yak": 1, "frog": 1}})
     ref = prepare_data("imagefolder", root)
     caplog.clear()
-    doc = read_split(make_split(ref, 0.25, 0.2, 0, root, min_per_class=3))
+    doc = Split.read(make_split(ref, 0.25, 0.2, 0, root, min_per_class=3))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["min_per_class 3: leaving out 2 class(es) with fewer images in train/: emu (2), yak (1)"]
-    assert doc["classes"] == ["cat", "frog"] and doc["left_out"] == {"emu": 2, "yak": 1}
-    assert {label for _, label in doc["samples"]} == {0, 1}  # renumbered for the two classes left
-    assert not [rel for rel, _ in doc["samples"] if "/yak/" in rel or "/emu/" in rel]  # test/yak too
+    assert doc.classes == ("cat", "frog") and doc.left_out == {"emu": 2, "yak": 1}
+    assert {label for _, label in doc.samples} == {0, 1}  # renumbered for the two classes left
+    assert not [rel for rel, _ in doc.samples if "/yak/" in rel or "/emu/" in rel]  # test/yak too
     assert _per_class(doc, "test") == {"cat": 1, "frog": 1}
     # The samples differ from the full dataset's: the tensor cache is a different file, and right.
-    assert doc["content_fingerprint"] != ref.fingerprint
+    assert doc.content_fingerprint != ref.fingerprint
     t = load_tensors(doc, root)
-    assert t["train_labels"].tolist() == [label for _, label in doc["samples"]]
+    assert t["train_labels"].tolist() == [label for _, label in doc.samples]
     other = split_file_path(ref, 0.25, 0.2, 0, root, min_per_class=2)
     assert other != split_file_path(ref, 0.25, 0.2, 0, root, min_per_class=3) and not other.exists()
 
@@ -426,8 +426,8 @@ def test_min_per_class_and_split_data_task_and_its_cache_key(tmp_path):
     ref = prepare_data("imagefolder", root)
     params = {"ref": ref, "val_size": 0.25, "test_size": 0.25, "seed": 0, "data_dir": root}
     assert _cache_key(None, params | {"min_per_class": 2}) != _cache_key(None, params)
-    doc = read_split(split_data.fn(ref, 0.25, 0.25, 0, root, min_per_class=2))
-    assert doc["classes"] == ["cat", "dog"]
+    doc = Split.read(split_data.fn(ref, 0.25, 0.25, 0, root, min_per_class=2))
+    assert doc.classes == ("cat", "dog")
 
 
 def test_an_old_split_file_is_rebuilt_under_a_new_name_and_refused_if_read(tmp_path):
@@ -442,7 +442,7 @@ def test_an_old_split_file_is_rebuilt_under_a_new_name_and_refused_if_read(tmp_p
     old.parent.mkdir()
     old.write_text(json.dumps(doc))
     with pytest.raises(DataError) as caught:
-        read_split(old)
+        Split.read(old)
     msg = str(caught.value)
     assert "older cifar_lit" in msg and str(old) in msg and "\n" not in msg
 
@@ -451,8 +451,8 @@ def test_cifar_splits_are_unchanged(tmp_path, server, archives):
     ref = prepare_data("cifar10", tmp_path, server.url("/cifar10.tar.gz"), fakes.md5(archives["cifar10"]))
     path = make_split(ref, 40, 0.1, 7, tmp_path)
     assert path.name == f"split-{split_fingerprint(ref.fingerprint, 40, None, 7)}.json"  # the old name
-    doc = read_split(path)
-    assert doc["version"] == 1 and doc["test"] is None and doc["samples"] is None and len(doc["val"]) == 40
+    doc = Split.read(path)
+    assert doc.version == 1 and doc.test is None and doc.samples is None and len(doc.val) == 40
 
 
 # ---- 5. counts for the summary ---------------------------------------------------------------------------
@@ -464,8 +464,8 @@ def test_data_counts_of_an_image_folder_split(tmp_path):
     root = fakes.layout(tmp_path / "ds", {"train": {"cat": 10, "dog": 5}, "val": {"cat": 2}})
     (root / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     ref = prepare_data("imagefolder", root)
-    doc = read_split(make_split(ref, 0.2, 0.2, 0, root))
-    counts = data_counts(doc, doc["classes"], ref.skipped_reasons)
+    doc = Split.read(make_split(ref, 0.2, 0.2, 0, root))
+    counts = data_counts(doc, doc.classes, ref.skipped_reasons)
     assert counts == {
         "train": 12, "val": 2, "test": 3,
         "per_class": {"cat": {"train": 8, "val": 2, "test": 2}, "dog": {"train": 4, "val": 0, "test": 1}},
@@ -473,13 +473,15 @@ def test_data_counts_of_an_image_folder_split(tmp_path):
         "skipped_files": [["train/dog/broken.jpg", "not a readable image (not a format PIL recognises)"]],
     }
     json.dumps(counts)  # ready for summary.json and a table
-    assert data_counts(doc, doc["classes"], ["a.png"])["skipped_files"] == [["a.png", ""]]
+    assert data_counts(doc, doc.classes, ["a.png"])["skipped_files"] == [["a.png", ""]]
 
 
 def test_data_counts_of_a_cifar_split():
-    from cifar_lit.data.split import data_counts
+    from cifar_lit.data.split import Split, data_counts
 
-    split = {"samples": None, "train": [0, 2, 3], "val": [1], "test": None}
+    split = Split(version=1, dataset="cifar10", data_fingerprint="ab" * 8, content_fingerprint="cd" * 32, seed=0,
+                  val_size=1, test_size=None, classes=("x", "y"), skipped=(), train=(0, 2, 3), val=(1,), test=None,
+                  samples=None)
     assert data_counts(split, ["x", "y"]) == {"train": 3, "val": 1, "test": None, "per_class": {}, "skipped": 0,
                                               "skipped_files": []}
     counts = data_counts(split, ["x", "y"], labels=[0, 1, 1, 0], test_labels=[1, 1])

@@ -25,7 +25,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
 from prefect_processes import REPO
 
-from cifar_lit.data.split import read_split
+from cifar_lit.data.split import Split
 from cifar_lit.model_file import ModelFileError, load_model, read_model
 from cifar_lit.predict import predict
 from cifar_lit.registry import Registry
@@ -90,9 +90,9 @@ def _events(prefix: str, resource: str, expected: int, timeout: float = 60) -> l
 
 def _heldout_accuracy(model_file: Path, split_file: Path, data_dir: Path) -> float:
     """The model's accuracy on a split's test images, computed here through predict()."""
-    split = read_split(split_file)
-    paths = [data_dir / split["samples"][i][0] for i in split["test"]]
-    labels = [split["classes"][split["samples"][i][1]] for i in split["test"]]
+    split = Split.read(split_file)
+    paths = [data_dir / split.samples[i][0] for i in split.test]
+    labels = [split.classes[split.samples[i][1]] for i in split.test]
     df = predict(load_model(model_file), paths)
     return float((df["prediction"] == labels).mean())
 

@@ -60,7 +60,7 @@ def test_cpu_fast_resume_continues_exactly(make_config, monkeypatch):
     and resumes lands on the same weights as one that never crashed."""
     straight = make_config(recipe="cpu-fast", batch_size=32, max_epochs=2, wandb_mode="disabled")
     assert resolve(straight).optimizer == "muon"
-    ImageDataModule(straight).setup("fit")
+    ImageDataModule.from_config(straight).setup("fit")
     split = straight.out / "split.json"
     whole = fit(straight, split)
 

@@ -84,14 +84,14 @@ def _config(make_config, root, **overrides):
 
 
 def test_both_data_paths_show_the_same_panel_of_every_class(make_config, folder):
-    pil = ImageDataModule(_config(make_config, folder))
+    pil = ImageDataModule.from_config(_config(make_config, folder))
     pil.prepare_data()
     pil.setup()
-    fast = ImageDataModule(_config(make_config, folder, data_path="tensor"), pil.split_file)
+    fast = ImageDataModule.from_config(_config(make_config, folder, data_path="tensor"), pil.split_file)
     fast.setup()
     for part in ("val", "test"):
         assert pil.labels_of(part) == fast.labels_of(part)
-        ref = pil.val_set if part == "val" else pil.test_set
+        ref = pil.serving.val_set if part == "val" else pil.serving.test_set
         assert pil.labels_of(part) == [ref[i][1] for i in range(len(ref))]
         x_pil, y_pil = pil.samples(part, 5)
         x_fast, y_fast = fast.samples(part, 5)
@@ -132,7 +132,7 @@ def test_logged_test_panel_shows_every_class_with_its_own_pixels(make_config, fo
     classes = ["cat", "dog", "frog", "ship"]
     cfg = _config(make_config, folder, data_path=data_path)
     tracking.start_run(cfg)
-    ImageDataModule(cfg).setup("fit")  # writes the run's split.json
+    ImageDataModule.from_config(cfg).setup("fit")  # writes the run's split.json
     fitted = fit(cfg, cfg.out / "split.json")
     evaluate(cfg, cfg.out / "split.json", fitted.best_checkpoint)
     tracking.finish_run()
@@ -157,8 +157,8 @@ def test_logged_test_panel_shows_every_class_with_its_own_pixels(make_config, fo
         shown.append(match)
     assert len(set(shown)) == 5
     # Exactly the split's panel: the seeded round-robin choice among the test images.
-    dm = ImageDataModule(cfg, cfg.out / "split.json")
+    dm = ImageDataModule.from_config(cfg, cfg.out / "split.json")
     dm.setup("test")
     split = dm.split
-    expected = [split["samples"][split["test"][i]][0] for i in panel_indices(dm.labels_of("test"), 5, cfg.seed)]
+    expected = [split.samples[split.test[i]][0] for i in panel_indices(dm.labels_of("test"), 5, cfg.seed)]
     assert shown == expected

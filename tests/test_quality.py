@@ -92,7 +92,7 @@ def collapsed_model():
 
 def test_real_run_that_collapsed_warns(make_config, collapsed_model, caplog):
     cfg = make_config(model=collapsed_model, max_epochs=1, lr=1e-6, wandb_mode="disabled", prediction_samples=0)
-    ImageDataModule(cfg).setup("fit")
+    ImageDataModule.from_config(cfg).setup("fit")
     fitted = fit(cfg, cfg.out / "split.json")
     with caplog.at_level(logging.WARNING, logger="cifar_lit.train"):
         tested = evaluate(cfg, cfg.out / "split.json", fitted.best_checkpoint)
@@ -107,7 +107,7 @@ def test_real_run_that_collapsed_warns(make_config, collapsed_model, caplog):
 
 def test_real_run_that_learns_has_no_warnings(make_config):
     cfg = make_config(max_epochs=3, lr=2e-3, wandb_mode="disabled", prediction_samples=0)
-    ImageDataModule(cfg).setup("fit")
+    ImageDataModule.from_config(cfg).setup("fit")
     fitted = fit(cfg, cfg.out / "split.json")
     tested = evaluate(cfg, cfg.out / "split.json", fitted.best_checkpoint)
     assert tested.metrics["test_acc"] > 0.2

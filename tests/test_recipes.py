@@ -177,10 +177,10 @@ def test_a_standalone_fit_on_a_small_folder_takes_the_adapted_batch(tmp_path):
     cfg = TrainConfig(recipe="cpu-fast", dataset="imagefolder", data_dir=root, max_epochs=1, test_size=16,
                       accelerator="cpu", devices=1, num_workers=0, wandb_mode="disabled", prediction_samples=0,
                       output_dir=tmp_path / "out")
-    dm = ImageDataModule(cfg)
+    dm = ImageDataModule.from_config(cfg)
     dm.prepare_data()
     dm.setup("fit")
-    assert len(dm.split["train"]) == 64
+    assert len(dm.split.train) == 64
     result = fit(cfg, dm.split_file)
     ckpt = torch.load(result.last_checkpoint, weights_only=True)
     saved = ckpt["hyper_parameters"]["config"]

@@ -18,6 +18,7 @@ from cifar_lit.export import export_model
 from cifar_lit.models import CATALOGUE, MODELS, build_model, register
 from cifar_lit.models.seed_cnn import SeedCNN
 from cifar_lit.module import LitClassifier
+from cifar_lit.recipes import DataSize, resolve
 from cifar_lit.train import OutputDirError, evaluate, fit, load_classifier
 
 
@@ -52,7 +53,7 @@ def _epoch_losses(path):
 
 def test_fit_learns_checkpoints_and_tests(make_config):
     cfg = make_config(max_epochs=4, lr=2e-3, wandb_mode="disabled")
-    dm = ImageDataModule(cfg)
+    dm = ImageDataModule.from_config(cfg)
     dm.prepare_data()
     dm.setup("fit")
     result = fit(cfg, cfg.out / "split.json")
@@ -62,8 +63,10 @@ def test_fit_learns_checkpoints_and_tests(make_config):
     assert result.metrics["best_val_acc"] > 0.2 and result.fit_seconds > 0
     ckpt = torch.load(result.best_checkpoint, weights_only=False)
     # The config, as resolved for this machine and data, is the hyperparameters.
-    assert ckpt["hyper_parameters"]["config"] == dm.config.as_dict() and dm.config.is_resolved
-    assert {k: v for k, v in cfg.as_dict().items() if v is not None}.items() <= dm.config.as_dict().items()
+    resolved = resolve(cfg, data=DataSize.of_split(dm.split))
+    assert ckpt["hyper_parameters"]["config"] == resolved.as_dict() and resolved.is_resolved
+    assert {k: v for k, v in cfg.as_dict().items() if v is not None}.items() <= resolved.as_dict().items()
+    assert (dm.batch_size, dm.image_size) == (resolved.batch_size, resolved.image_size)
     assert (cfg.out / "checkpoints" / "last.ckpt").is_file()
 
     model = load_classifier(result.best_checkpoint)
@@ -80,7 +83,7 @@ def test_fit_learns_checkpoints_and_tests(make_config):
 
 def test_resume_runs_only_the_remaining_epochs(make_config):
     first = make_config(max_epochs=1, wandb_mode="disabled")
-    ImageDataModule(first).setup("fit")
+    ImageDataModule.from_config(first).setup("fit")
     fit(first, first.out / "split.json")
     more = first.model_copy(update={"max_epochs": 3})
     result = fit(more, first.out / "split.json", resume=True)
@@ -92,7 +95,7 @@ def test_wandb_offline_run_holds_metrics_predictions_and_test_results(make_confi
     cfg = make_config(max_epochs=2, prediction_samples=4)
     run = tracking.start_run(cfg)
     assert run is not None and tracking.run_info()["mode"] == "offline"
-    ImageDataModule(cfg).setup("fit")
+    ImageDataModule.from_config(cfg).setup("fit")
     fitted = fit(cfg, cfg.out / "split.json")
     tested = evaluate(cfg, cfg.out / "split.json", fitted.best_checkpoint)
     exported = export_model(cfg, fitted.best_checkpoint, tested.metrics, "fp123")
@@ -145,7 +148,7 @@ def test_unreachable_wandb_falls_back_to_offline_and_training_goes_on(make_confi
     assert tracking.resolve_mode("auto") == "online"
     tracking.start_run(cfg)
     assert tracking.run_info()["mode"] == "offline"
-    ImageDataModule(cfg).setup("fit")
+    ImageDataModule.from_config(cfg).setup("fit")
     assert fit(cfg, cfg.out / "split.json").epochs_completed == 1
 
 
@@ -159,7 +162,7 @@ def test_mode_resolution(monkeypatch):
 
 def test_export_without_wandb_reports_not_logged(make_config):
     cfg = make_config(wandb_mode="disabled")
-    ImageDataModule(cfg).setup("fit")
+    ImageDataModule.from_config(cfg).setup("fit")
     ckpt = fit(cfg.model_copy(update={"max_epochs": 1}), cfg.out / "split.json").best_checkpoint
     exported = export_model(cfg, ckpt, {"test_acc": 0.5}, "fp")
     assert exported["logged"] is False and Path(exported["files"]["model"]).is_file()

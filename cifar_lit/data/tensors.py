@@ -18,13 +18,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cifar_lit.atomic import save_atomic
-from cifar_lit.data.cifar import SOURCES, load_cifar
-from cifar_lit.data.imagefolder import SIZE, DataError, load_rgb
+from cifar_lit.data.formats import get_format
+from cifar_lit.data.imagefolder import SIZE, DataError
 from cifar_lit.data.prepare import cache_dir
+from cifar_lit.data.split import Split
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +82,15 @@ def cache_bytes(images: int, size: int) -> int:
     return images * 3 * size * size
 
 
-def cache_images(split: dict) -> int:
-    """How many images a cache of ``split`` holds: its pool, plus CIFAR's official test set."""
-    if split["samples"] is not None:
-        return len(split["samples"])
-    return len(split["train"]) + len(split["val"]) + CIFAR_TEST_IMAGES
-
-
-CIFAR_TEST_IMAGES = 10_000
-
-
-def fits_in_cache(split: dict, size: int, cache_max_gb: float | None) -> tuple[bool, str]:
+def fits_in_cache(split: Split, size: int, cache_max_gb: float | None) -> tuple[bool, str]:
     """Whether the tensor cache of ``split`` at ``size`` fits ``cache_budget(cache_max_gb)``,
-    estimated before decoding anything, and the sizes in words for a log line."""
-    need, budget = cache_bytes(cache_images(split), size), cache_budget(cache_max_gb)
+    estimated before decoding anything (the format says how many images it holds), and the
+    sizes in words for a log line."""
+    images = get_format(split.dataset).cache_images(split)
+    need, budget = cache_bytes(images, size), cache_budget(cache_max_gb)
     limit = (f"cache_max_gb {cache_max_gb:g}" if cache_max_gb is not None
              else f"{budget / GB:.1f} GB, a quarter of this machine's memory")
-    return need <= budget, f"{cache_images(split)} images at {size}x{size} take {need / GB:.3g} GB, over {limit}"
+    return need <= budget, f"{images} images at {size}x{size} take {need / GB:.3g} GB, over {limit}"
 
 
 def translate_pad(size: int) -> int:
@@ -115,7 +107,7 @@ def translate_pad(size: int) -> int:
 # ---- the cache ----------------------------------------------------------------------------------
 
 
-def _cached(path: Path, split: dict, size: int = SIZE) -> dict[str, torch.Tensor] | None:
+def _cached(path: Path, split: Split, size: int = SIZE) -> dict[str, torch.Tensor] | None:
     """The tensor cache at ``path`` if it is whole and holds this split's data, else None.
 
     A cache is only derived data: a truncated or garbled file (a crash while another process
@@ -136,7 +128,7 @@ def _cached(path: Path, split: dict, size: int = SIZE) -> dict[str, torch.Tensor
     return t
 
 
-def _mismatch(t, split: dict, size: int = SIZE) -> str | None:
+def _mismatch(t, split: Split, size: int = SIZE) -> str | None:
     keys = ("train", "train_labels", "test", "test_labels")
     if not isinstance(t, dict) or set(t) != set(keys) or not all(isinstance(t[k], torch.Tensor) for k in keys):
         return "is not a tensor cache"
@@ -146,51 +138,25 @@ def _mismatch(t, split: dict, size: int = SIZE) -> str | None:
             return f"holds {name} images of shape {tuple(images.shape)} ({images.dtype})"
         if labels.dtype != torch.int64 or labels.shape != (len(images),):
             return f"holds {len(labels)} {name} labels for {len(images)} images"
-    if split["samples"] is not None:  # image folders: exactly the split's samples, in order
-        expected = [label for _, label in split["samples"]]
-        if len(t["test"]) or t["train_labels"].tolist() != expected:
-            return "does not hold this split's images"
-    return None
+    return get_format(split.dataset).cache_mismatch(t, split)
 
 
-def _decode(root: Path, rel: str, size: int) -> np.ndarray:
-    try:
-        return np.array(load_rgb(root / rel, size))  # a writable copy: torch.from_numpy warns on a read-only one
-    except Exception as e:  # noqa: BLE001 - any PIL or OS error: say which file, in one line
-        raise DataError(f"{root / rel}: was readable when the data was scanned, not now ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:200]}); run again to scan the changed data") from None
-
-
-def load_tensors(split: dict, data_dir: Path, size: int = SIZE) -> dict[str, torch.Tensor]:
+def load_tensors(split: Split, data_dir: Path, size: int = SIZE) -> dict[str, torch.Tensor]:
     """``{"train": uint8 N x 3 x size x size, "train_labels", "test", "test_labels"}`` for the
-    split's data. "train" holds every pool image (train and val indices point into it); for
-    image folders "test" is empty and the split's test indices point into "train" as well.
-    Decoded once (image folders: ``imagefolder.square`` at ``size``; CIFAR only at its own 32)
-    and cached beside the data, keyed by the data's content fingerprint and ``size``; a
-    missing, corrupt or mismatched cache file is rebuilt."""
-    if split["samples"] is None and size != SIZE:
-        raise DataError(f"image_size: {split['dataset']} images are {SIZE}x{SIZE}, not {size}x{size}")
-    path = tensor_cache_path(data_dir, split["content_fingerprint"], size)
+    split's data. "train" holds every pool image (train and val indices point into it); "test"
+    holds the format's own test set (CIFAR's test batch), or is empty when the split's test
+    indices point into "train" as well (image folders). Decoded once by the format (image
+    folders: ``imagefolder.square`` at ``size``; CIFAR only at its own 32) and cached beside the
+    data, keyed by the data's content fingerprint and ``size``; a missing, corrupt or mismatched
+    cache file is rebuilt."""
+    fmt = get_format(split.dataset)
+    if fmt.fixed_side is not None and size != fmt.fixed_side:
+        raise DataError(f"image_size: {split.dataset} images are {fmt.fixed_side}x{fmt.fixed_side}, not {size}x{size}")
+    path = tensor_cache_path(data_dir, split.content_fingerprint, size)
     cached = _cached(path, split, size)
     if cached is not None:
         return cached
-    root = Path(data_dir).resolve()
-    tensors = {}
-    if split["samples"] is None:  # CIFAR: the pickles are already arrays
-        folder = root / SOURCES[split["dataset"]].base_folder
-        for name, train in (("train", True), ("test", False)):
-            images, labels = load_cifar(folder, split["dataset"], train=train)
-            tensors[name] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-            tensors[f"{name}_labels"] = torch.from_numpy(labels)
-    else:
-        samples = split["samples"]
-        # Filled in place, one image at a time: the cache's bytes once in memory, not twice.
-        images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
-        for i, (rel, _) in enumerate(samples):
-            images[i] = torch.from_numpy(_decode(root, rel, size)).permute(2, 0, 1)
-        tensors["train"] = images
-        tensors["train_labels"] = torch.tensor([label for _, label in samples], dtype=torch.int64)
-        tensors["test"], tensors["test_labels"] = images[:0].clone(), tensors["train_labels"][:0].clone()
+    tensors = fmt.decode_cache(split, Path(data_dir).resolve(), size)
     # Whole or not at all: a crash mid-write never leaves half a cache under the real name (the
     # rebuild above still covers caches damaged some other way).
     save_atomic(path, lambda tmp: torch.save(tensors, tmp))
@@ -351,21 +317,21 @@ class DeviceBatches:
             yield x, self.labels[idx]
 
 
-def split_views(split: dict, data_dir: Path,
+def split_views(split: Split, data_dir: Path,
                 size: int = SIZE) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """``part -> (images, labels, indices)`` for "train", "val" and "test": the shared uint8
     pool of the cache at ``size`` and the positions of the part in it (None: all of ``images``)."""
     t = load_tensors(split, data_dir, size)
     views = {}
     for part in ("train", "val", "test"):
-        if part == "test" and split["test"] is None:  # CIFAR's official test set
+        if part == "test" and split.test is None:  # the format's own test set (CIFAR's test batch)
             views[part] = (t["test"], t["test_labels"], None)
         else:
-            views[part] = (t["train"], t["train_labels"], torch.as_tensor(split[part], dtype=torch.long))
+            views[part] = (t["train"], t["train_labels"], torch.as_tensor(getattr(split, part), dtype=torch.long))
     return views
 
 
-def split_parts(split: dict, data_dir: Path, parts=("train", "val", "test"),
+def split_parts(split: Split, data_dir: Path, parts=("train", "val", "test"),
                 size: int = SIZE) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """uint8 images (N x 3 x size x size) and labels of parts ("train", "val", "test") of a split:
     exactly the pixels the test step sees on either data path (copies of just those images)."""

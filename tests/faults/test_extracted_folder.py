@@ -26,8 +26,8 @@ import pytest
 
 from cifar_lit.data import cifar
 from cifar_lit.data.cifar import download_cifar, load_cifar
+from cifar_lit.data.formats import on_disk
 from cifar_lit.data.prepare import prepare_data
-from tasks.download import data_state
 
 FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
@@ -78,7 +78,7 @@ def test_unmarked_official_folder_is_verified_and_used_without_downloading(
         (root / ARCHIVES[dataset]).write_bytes(archives[dataset])
     before = fakes.snapshot(folder)
     inodes = {p.name: p.stat().st_ino for p in folder.iterdir()}
-    assert data_state(dataset, root, None) is None  # the flow sees no prepared data yet
+    assert on_disk(dataset, root, None) is None  # the flow sees no prepared data yet
 
     ref = prepare_data(dataset, root)  # the official URL and md5: no --download-url
 
@@ -87,7 +87,7 @@ def test_unmarked_official_folder_is_verified_and_used_without_downloading(
     assert {k: v for k, v in fakes.snapshot(folder).items() if k != cifar.MARKER} == before
     assert {p.name: p.stat().st_ino for p in folder.iterdir() if p.name != cifar.MARKER} == inodes  # not re-extracted
     assert not fakes.leftovers(root) and not list(folder.glob(f"{cifar.MARKER}.*"))
-    assert data_state(dataset, root, None) == md5  # and from now on the flow's cache holds
+    assert on_disk(dataset, root, None) == md5  # and from now on the flow's cache holds
     # The fingerprint is the one a downloaded copy of the same archive gets: the same data.
     downloaded = prepare_data(dataset, tmp_path / "downloaded", server.url(f"/{dataset}.tar.gz"), md5)
     assert ref.fingerprint == downloaded.fingerprint and ref.classes == downloaded.classes

@@ -33,13 +33,13 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar_lit.data.formats import on_disk
 from cifar_lit.data.imagefolder import DataError, load_rgb32, scan_imagefolder, stat_signature
 from cifar_lit.data.prepare import cache_dir, prepare_data
-from cifar_lit.data.split import make_split, read_split
+from cifar_lit.data.split import Split, make_split
 from cifar_lit.data.tensors import load_tensors, tensor_cache_path
 from cifar_lit.rundir import own_output_dir
 from tasks import download as download_task
-from tasks.download import data_state
 
 GOOD = 3 * 6  # fakes.image_folder(per_class=6): cat, dog, frog
 
@@ -122,9 +122,9 @@ def test_bad_file_is_skipped_with_a_reason(tmp_path, fault):
     text = Path(ref.manifest).read_bytes().decode("utf-8")
     manifest = json.loads(text)
     assert len(manifest["train"]) == GOOD and rel not in {r for r, _ in manifest["train"]}
-    assert data_state("imagefolder", root, None)  # the flow's cache check does not crash either
-    doc = read_split(make_split(ref, 3, 3, 0, root))
-    assert len(doc["samples"]) == GOOD and doc["skipped"] == [rel]
+    assert on_disk("imagefolder", root, None)  # the flow's cache check does not crash either
+    doc = Split.read(make_split(ref, 3, 3, 0, root))
+    assert len(doc.samples) == GOOD and doc.skipped == (rel,)
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -364,7 +364,7 @@ def test_deleting_the_cache_dir_does_not_break_the_next_run(make_config, tmp_pat
 
 
 def _split(root: Path) -> dict:
-    return read_split(make_split(prepare_data("imagefolder", root), 3, 3, 0, root))
+    return Split.read(make_split(prepare_data("imagefolder", root), 3, 3, 0, root))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "other-data"])
@@ -372,7 +372,7 @@ def test_corrupt_tensor_cache_is_rebuilt_with_the_original_pixels(tmp_path, dama
     root = fakes.image_folder(tmp_path / "ds", per_class=6)
     split = _split(root)
     first = load_tensors(split, root)
-    path = tensor_cache_path(root, split["content_fingerprint"])
+    path = tensor_cache_path(root, split.content_fingerprint)
     good = path.read_bytes()
     if damage == "truncated":  # the machine died while another process copied the cache
         path.write_bytes(good[: len(good) // 2])
@@ -383,9 +383,9 @@ def test_corrupt_tensor_cache_is_rebuilt_with_the_original_pixels(tmp_path, dama
     else:  # a readable cache that does not hold this split's images (labels shuffled, one image short)
         torch.save({k: v[1:].flip(0) for k, v in first.items()}, path)
     again = load_tensors(split, root)
-    pixels = np.stack([np.asarray(load_rgb32(root / rel)) for rel, _ in split["samples"]])
+    pixels = np.stack([np.asarray(load_rgb32(root / rel)) for rel, _ in split.samples])
     assert torch.equal(again["train"], torch.from_numpy(pixels).permute(0, 3, 1, 2))
-    assert again["train_labels"].tolist() == [label for _, label in split["samples"]]
+    assert again["train_labels"].tolist() == [label for _, label in split.samples]
     assert all(torch.equal(again[k], first[k]) for k in first)
     rebuilt = torch.load(path, weights_only=True)  # the file on disk is whole again
     assert torch.equal(rebuilt["train"], first["train"])
@@ -404,12 +404,12 @@ def test_edits_inside_a_symlinked_class_folder_invalidate_the_cache(tmp_path):
         params = dict(dataset="imagefolder", data_dir=root, download_url=None, download_md5=None, bad_images="skip")
         return download_task._cache_key(None, params)
 
-    before = (stat_signature(root), data_state("imagefolder", root, None), key())
+    before = (stat_signature(root), on_disk("imagefolder", root, None), key())
     _png(elsewhere / "new.png")  # a new image in the linked folder
-    added = (stat_signature(root), data_state("imagefolder", root, None), key())
+    added = (stat_signature(root), on_disk("imagefolder", root, None), key())
     assert all(a != b for a, b in zip(before, added)), "adding an image behind the link was not noticed"
     img = Image.open(elsewhere / "000.png").convert("RGB")
     img.transpose(Image.FLIP_LEFT_RIGHT).save(elsewhere / "000.png")  # an edited image
-    edited = (stat_signature(root), data_state("imagefolder", root, None), key())
+    edited = (stat_signature(root), on_disk("imagefolder", root, None), key())
     assert all(a != b for a, b in zip(added, edited)), "editing an image behind the link was not noticed"
     assert len(scan_imagefolder(root).train) == GOOD + 1

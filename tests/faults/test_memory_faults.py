@@ -17,6 +17,7 @@ N = 40_000  # 123 MB of uint8 images: large against the interpreter's own noise
 CHILD = r"""
 import json, sys
 import torch
+from cifar_lit.data.split import Split
 from cifar_lit.data.tensors import DeviceBatches, channel_stats, split_views
 
 def status(key):
@@ -24,7 +25,7 @@ def status(key):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
 
-split, data_dir = json.load(open(sys.argv[1])), sys.argv[2]
+split, data_dir = Split.read(sys.argv[1]), sys.argv[2]
 list(DeviceBatches(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), 4,
                    [0.5] * 3, [0.5] * 3, train=True))  # warm up torch's allocator and kernels
 open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) from here
@@ -44,8 +45,9 @@ def test_fast_path_peak_memory_stays_near_the_data(tmp_path):
     images = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (N,))
     fingerprint = "ab" * 32
-    split = {"dataset": "cifar10", "content_fingerprint": fingerprint, "samples": None,
-             "train": [i for i in range(N) if i % 10], "val": list(range(0, N, 10)), "test": None}
+    split = {"version": 1, "dataset": "cifar10", "data_fingerprint": "cd" * 8, "content_fingerprint": fingerprint,
+             "seed": 0, "val_size": N // 10, "test_size": None, "classes": [str(c) for c in range(10)], "skipped": [],
+             "train": [i for i in range(N) if i % 10], "val": list(range(0, N, 10)), "test": None, "samples": None}
     path = tensor_cache_path(tmp_path, fingerprint)
     path.parent.mkdir(parents=True)
     torch.save({"train": images, "train_labels": labels, "test": images[:100], "test_labels": labels[:100]}, path)

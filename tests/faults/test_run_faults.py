@@ -90,7 +90,7 @@ def test_a_killed_run_resumes_and_loses_at_most_one_epoch(make_config, tmp_path)
 
 def test_truncated_last_checkpoint_falls_back_to_the_last_good_copy(make_config):
     cfg = make_config(max_epochs=2, wandb_mode="disabled", prediction_samples=0)
-    ImageDataModule(cfg).setup("fit")
+    ImageDataModule.from_config(cfg).setup("fit")
     fit(cfg, cfg.out / "split.json")
     last = cfg.out / "checkpoints" / "last.ckpt"
     prev = cfg.out / "checkpoints" / "last.prev.ckpt"
@@ -128,7 +128,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
 
 def test_another_runs_checkpoint_is_never_resumed(make_config):
     cfg = make_config(max_epochs=1, wandb_mode="disabled", prediction_samples=0)
-    ImageDataModule(cfg).setup("fit")
+    ImageDataModule.from_config(cfg).setup("fit")
     fit(cfg, cfg.out / "split.json")
     other = cfg.model_copy(update={"lr": 5e-4})  # same dir, another config: not this run's checkpoint
     from cifar_lit.rundir import OutputDirError

@@ -41,11 +41,11 @@ def test_two_nodes_train_like_one_node_with_two_devices(make_config, tmp_path):
     common = dict(accelerator="cpu", strategy="ddp", max_epochs=2, wandb_mode="disabled", prediction_samples=0,
                   val_size=0, patience=0)
     one = make_config(devices=2, output_dir=tmp_path / "one-node", **common)
-    ImageDataModule(one).setup("fit")
+    ImageDataModule.from_config(one).setup("fit")
     fit_in_subprocess(one, one.out / "split.json")
 
     two = make_config(devices=1, num_nodes=2, node_timeout=120, output_dir=tmp_path / "two-nodes", **common)
-    ImageDataModule(two).setup("fit")
+    ImageDataModule.from_config(two).setup("fit")
     port = _port()
     nodes = [_node(two, rank, port) for rank in (0, 1)]
     outputs = [n.communicate(timeout=600)[0] for n in nodes]
@@ -58,7 +58,7 @@ def test_two_nodes_train_like_one_node_with_two_devices(make_config, tmp_path):
 def test_a_node_that_never_arrives_fails_in_one_line_after_the_timeout(make_config, tmp_path):
     cfg = make_config(accelerator="cpu", strategy="ddp", devices=1, num_nodes=2, node_timeout=10, max_epochs=1,
                       wandb_mode="disabled", prediction_samples=0, output_dir=tmp_path / "alone")
-    ImageDataModule(cfg).setup("fit")
+    ImageDataModule.from_config(cfg).setup("fit")
     t0 = time.monotonic()
     node = _node(cfg, 0, _port())
     output = node.communicate(timeout=300)[0]
