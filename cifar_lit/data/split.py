@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from cifar_lit.data.formats import DataRef, get_format
 from cifar_lit.data.imagefolder import DataError
 from cifar_lit.data.prepare import cache_dir
 
-log = logging.getLogger(__name__)
 REQUIRED = frozenset({"version", "dataset", "train", "val", "test", "classes", "samples"})
 
 
@@ -100,10 +98,6 @@ class Split:
     def write(self, path: Path) -> Path:
         """Write the file whole or not at all (``cifar_lit.atomic``); returns ``path``."""
         return write_json_atomic(path, self.to_dict())
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 def resolve_count(size: int | float, n: int, name: str, allow_zero: bool = False) -> int:
