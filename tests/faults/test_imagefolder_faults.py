@@ -398,7 +398,7 @@ def test_edits_inside_a_symlinked_class_folder_invalidate_the_cache(tmp_path):
     (root / "train" / "cat").symlink_to(elsewhere, target_is_directory=True)  # train/cat -> /elsewhere/cats
     scan = scan_imagefolder(root)
     assert len([r for r, label in scan.train if label == 0]) == 6  # the scanner follows the link
-    prepare_data("imagefolder", root)  # as the download stage does: the manifest data_state looks for
+    prepare_data("imagefolder", root)  # as the download stage does: the manifest on_disk looks for
 
     def key() -> str:
         params = dict(dataset="imagefolder", data_dir=root, download_url=None, download_md5=None, bad_images="skip")
