@@ -269,8 +269,8 @@ class Plan:
         c = self.config
         steps = max(1, self.n_train // c.batch_size)
         changes = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in self.adapted.items())
-        return (f"small dataset ({self.n_train} training images): {changes} "
-                f"({steps} steps per epoch, {steps * c.max_epochs} in all)")
+        total = f"{steps * c.max_epochs} in all" if c.max_epochs else "as many as the time budget allows"
+        return f"small dataset ({self.n_train} training images): {changes} ({steps} steps per epoch, {total})"
 
 
 def fit_to_data(batch: int, epochs: int, n_train: int, batch_given: bool, epochs_given: bool) -> tuple[int, int]:
@@ -312,24 +312,32 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     if config.val_size is None and "val_size" not in values:
         values["val_size"] = 0.1 if config.dataset == "imagefolder" else 5000
     _check(config, values)
-    adapted: dict[str, tuple[Any, Any]] = {}
-    if data is not None:
-        batch, epochs = config.batch_size, config.max_epochs
-        chosen = fit_to_data(batch or preset["batch_size"], epochs or preset["max_epochs"], data.n_train,
-                             batch_given=batch is not None, epochs_given=epochs is not None)
-        for name, recipe_value, value, given in (("batch_size", preset["batch_size"], chosen[0], batch),
-                                                 ("max_epochs", preset["max_epochs"], chosen[1], epochs)):
-            if given is None:
-                values[name] = value
-                if value != recipe_value:
-                    adapted[name] = (recipe_value, value)
-        if config.image_size is None:
-            values["image_size"] = _image_size(config.dataset, data.median_side)
+    adapted = _fit_to(config, preset, data, values) if data is not None else {}
     resolved = config.model_copy(update=values) if values else config
     result = Plan(resolved, adapted, data.n_train if data else None)
     if adapted:
         log.info("%s", result.describe())
     return result
+
+
+def _fit_to(config: TrainConfig, preset: dict[str, Any], data: DataSize, values: dict[str, Any]) -> dict[str, tuple]:
+    """Fills ``values`` with the data's batch size, epochs and image size; returns what
+    ``fit_to_data`` changed from the recipe: field -> (recipe's value, chosen)."""
+    adapted: dict[str, tuple[Any, Any]] = {}
+    batch, epochs = config.batch_size, config.max_epochs
+    chosen = fit_to_data(batch or preset["batch_size"], epochs or preset["max_epochs"], data.n_train,
+                         batch_given=batch is not None, epochs_given=epochs is not None)
+    for name, recipe_value, value, given in (("batch_size", preset["batch_size"], chosen[0], batch),
+                                             ("max_epochs", preset["max_epochs"], chosen[1], epochs)):
+        if name == "max_epochs" and config.time_budget is not None:
+            continue  # the budget decides the length (cifar_lit.budget)
+        if given is None:
+            values[name] = value
+            if value != recipe_value:
+                adapted[name] = (recipe_value, value)
+    if config.image_size is None:
+        values["image_size"] = _image_size(config.dataset, data.median_side)
+    return adapted
 
 
 def recipe_summary(p: Plan) -> dict[str, Any]:
