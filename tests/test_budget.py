@@ -5,10 +5,12 @@ wiring, with generous time bounds only."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from cifar_lit import train
 from cifar_lit.budget import BudgetSchedule, TimeBudget
@@ -141,3 +143,33 @@ def test_the_summary_says_what_the_budget_chose():
     summary = build_summary(TrainConfig(recipe="cpu-fast", time_budget="3m"), fit, test, "fp", {"mode": "disabled"})
     assert summary["budget"] == chose and summary["config"]["time_budget"] == 180.0
     assert "**Time budget**: 180 s: 1400 steps (8.0 epochs) at 711 images/s measured" in summary_markdown(summary)
+
+
+class Crash(Callback):
+    """The process dies as the second epoch starts: one epoch is checkpointed."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1:
+            raise RuntimeError("killed")
+
+
+def test_a_resumed_fit_spends_what_is_left_of_the_budget(make_config, monkeypatch):
+    cfg = make_config(time_budget=8, max_epochs=None, lr_schedule="triangular", warmup=0.2, prediction_samples=0,
+                      wandb_mode="disabled")
+    ImageDataModule(cfg).setup("fit")
+    build = train.build_callbacks
+    monkeypatch.setattr(train, "build_callbacks", lambda *a, **k: [*build(*a, **k), Crash()])
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="killed"):
+        train.fit(cfg, cfg.out / "split.json")
+    first = time.monotonic() - t0
+    saved = torch.load(cfg.out / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("TimeBudget")]
+    assert 0 < state["spent"] <= first  # the budget used up to the checkpoint
+    monkeypatch.setattr(train, "build_callbacks", build)
+    resumed = train.fit(cfg, cfg.out / "split.json", resume=True)
+    last = torch.load(resumed.last_checkpoint, weights_only=False, map_location="cpu")
+    # Only what was left: the two attempts together keep (generously) to the budget, and the
+    # schedule, restored from the checkpoint, still ends at 0 on the last step.
+    assert resumed.fit_seconds < 8 - state["spent"] + 2
+    assert last["global_step"] == resumed.budget["steps"] > 10 and last["lr_schedulers"][0]["_last_lr"] == [0.0, 0.0]
