@@ -324,10 +324,13 @@ class TrainConfig(BaseModel):
     @property
     def is_resolved(self) -> bool:
         """True once ``cifar_lit.recipes.resolve`` has filled in every recipe field, the data's included."""
-        from cifar_lit.recipes import DATA_FIELDS, RECIPE_FIELDS
+        from cifar_lit.recipes import DATA_FIELDS, PROBE, RECIPE_FIELDS, RECIPES
 
-        # Under a time budget no epoch count is chosen: the budget plans the steps.
-        fields = [n for n in (*RECIPE_FIELDS, *DATA_FIELDS) if not (n == "max_epochs" and self.time_budget)]
+        # Under a time budget no epoch count is chosen: the budget plans the steps. What the
+        # recipe leaves to the machine is chosen when the fit starts (cifar_lit.probe).
+        preset = RECIPES.get(self.recipe, {})
+        fields = [n for n in (*RECIPE_FIELDS, *DATA_FIELDS)
+                  if not (n == "max_epochs" and self.time_budget) and preset.get(n) != PROBE]
         return self.recipe != "auto" and self.val_size is not None and all(
             getattr(self, name) is not None for name in fields)
 

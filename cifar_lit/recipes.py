@@ -73,8 +73,9 @@ _FAST = {
     # the decay per example then stays constant too.
     "lr_batch": 1024,
 }
-# A recipe value, not a Lightning precision: "bf16-mixed" on a CPU with AMX tiles, else "32-true".
-BF16_WITH_AMX = "bf16-mixed if AMX else 32-true"
+# A recipe value: the machine decides, by timing the real network on it when a fit starts
+# (cifar_lit.probe); until then the field stays unset.
+PROBE = "probe"
 
 RECIPES: dict[str, dict[str, Any]] = {
     # The tutorial this project grows from (W&B's "Image classification with PyTorch Lightning"):
@@ -91,10 +92,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "32-true",
         **_TUTORIAL_EXTRAS,
     },
-    # The fastest CPU recipe measured here (bench/). channels_last; bf16 autocast only where
-    # the CPU has AMX: without it (this project's 2-core Xeon) bf16 convolutions and matrix
-    # products ran slower than float32 (see README, Performance). Flip-only TTA: adding 1px
-    # shifts costs 3x the test passes for no gain beyond noise on CPU-sized networks.
+    # The fastest CPU recipe measured here (bench/). Memory format and precision are timed on
+    # the machine (cifar_lit.probe): bf16 only pays with AMX (without it, this project's 2-core
+    # Xeon ran bf16 convolutions and matrix products slower than float32; see README,
+    # Performance). Flip-only TTA: adding 1px shifts costs 3x the test passes for no gain
+    # beyond noise on CPU-sized networks.
     "cpu-fast": {
         **_FAST,
         "tta": 1,
@@ -113,8 +115,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "muon",
         "lr": 2.4,
         "weight_decay": 5e-4,
-        "precision": BF16_WITH_AMX,
-        "channels_last": True,
+        "precision": PROBE,
+        "channels_last": PROBE,
         "compile": False,
     },
     # The same network trained about three times as long, for a better model when time allows.
@@ -131,8 +133,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "sgd",
         "lr": 2.4,
         "weight_decay": 5e-4,
-        "precision": BF16_WITH_AMX,
-        "channels_last": True,
+        "precision": PROBE,
+        "channels_last": PROBE,
         "compile": False,
     },
     # The airbench-sized network for one GPU: bf16 autocast, batch 1024, 10 epochs.
@@ -225,14 +227,14 @@ MAX_SCALED_EPOCHS = 200
 
 @dataclass(frozen=True)
 class Hardware:
-    """What a recipe is chosen for: a CUDA GPU, and AMX bf16 tiles on the CPU."""
+    """What a recipe is chosen for: a CUDA GPU or not. (Precision and memory format are timed on
+    the machine when a fit starts: ``cifar_lit.probe``.)"""
 
     gpu: bool
-    amx: bool
 
     @classmethod
     def detect(cls, accelerator: str = "auto") -> Hardware:
-        return cls(gpu=wants_gpu(accelerator), amx=cpu_has_amx())
+        return cls(gpu=wants_gpu(accelerator))
 
 
 @dataclass(frozen=True)
@@ -305,9 +307,8 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     for name, value in preset.items():
         if name in DATA_FIELDS or getattr(config, name) is not None:
             continue
-        if value == BF16_WITH_AMX:
-            hardware = hardware or Hardware.detect(config.accelerator)
-            value = "bf16-mixed" if hardware.amx else "32-true"
+        if value == PROBE:
+            continue  # left to the machine when the fit starts (cifar_lit.probe)
         values[name] = value
     if config.val_size is None and "val_size" not in values:
         values["val_size"] = 0.1 if config.dataset == "imagefolder" else 5000

@@ -48,6 +48,8 @@ def build_summary(
         "recipe": recipe,
         # Under --time-budget: what the budget chose (steps, epochs, measured speed; cifar_lit.budget).
         "budget": fit.get("budget"),
+        # What the recipe left to the machine, as timed on it (cifar_lit.probe).
+        "probe": fit.get("probe"),
         "per_class": test["per_class"],
         # A model that collapsed onto one class, or does no better than guessing the largest
         # one: the run still completes (its numbers are true), but says so everywhere it reports.
@@ -117,6 +119,19 @@ def budget_line(budget: dict[str, Any] | None) -> str | None:
             f"re-planned {budget['replans']} times")
 
 
+def probe_line(probe: dict[str, Any] | None) -> str | None:
+    """One line: what the machine probe chose.
+
+    >>> probe_line({"precision": "32-true", "channels_last": True, "threads": 2, "seconds": 3.14, "cached": False})
+    '**Machine**: 32-true, channels_last, 2 threads (timed on this machine in 3.1 s)'
+    """
+    if not probe:
+        return None
+    how = "cached for this machine" if probe["cached"] else f"timed on this machine in {probe['seconds']:.1f} s"
+    layout = "channels_last" if probe["channels_last"] else "contiguous"
+    return f"**Machine**: {probe['precision']}, {layout}, {probe['threads']} threads ({how})"
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     if summary.get("skipped"):
         m = summary["matched"]
@@ -157,6 +172,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"**Recipe**: {summary['config']['recipe']}" + (f"; {note}" if (note := _recipe_note(summary)) else ""),
             "",
             *([line, ""] if (line := budget_line(summary.get("budget"))) else []),
+            *([line, ""] if (line := probe_line(summary.get("probe"))) else []),
             f"**W&B**: {where}",
             "",
             f"**Best checkpoint**: `{summary['best_checkpoint']}`",

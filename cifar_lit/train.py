@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from cifar_lit import probe
 from cifar_lit.budget import TimeBudget
 from cifar_lit.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
 from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
@@ -46,6 +47,8 @@ class FitResult:
     resumed_from: str | None = None
     # Under --time-budget: what the budget chose (cifar_lit.budget.TimeBudget.report).
     budget: dict | None = None
+    # What the machine probe chose and measured (cifar_lit.probe), when the recipe asked for it.
+    probe: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +115,9 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     already holds checkpoints is refused rather than overwritten.
     """
     config = resolved_for(config, split_file)
+    # What the recipe leaves to the machine (memory format, precision, threads): timed here
+    # once, then cached (cifar_lit.probe). Before resume_point: the checkpoint records the choice.
+    config, probed = probe.apply(config, len(read_split(split_file)["classes"]))
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt_dir = checkpoint_dir(config)
     last = ckpt_dir / "last.ckpt"
@@ -134,7 +140,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     if config.head_epochs:
         callbacks.append(HeadFirst(config.head_epochs))
     steps = max(1, len(dm.train_set) // config.batch_size)
-    budget = time_budget(config, steps)
+    budget = time_budget(config, steps, spent=probed.seconds if probed else 0.0)
     if budget is not None:
         callbacks.append(budget)
     # A resumed fit logs beside the first attempt's CSV instead of overwriting it.
@@ -160,17 +166,21 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
         fit_seconds=round(fit_seconds, 3),
         resumed_from=ckpt_path,
         budget=budget.report(trainer) if budget is not None else None,
+        probe=probed.to_dict() if probed is not None else None,
     )
 
 
-def time_budget(config: TrainConfig, steps_per_epoch: int) -> TimeBudget | None:
+def time_budget(config: TrainConfig, steps_per_epoch: int, spent: float = 0.0) -> TimeBudget | None:
     """The callback that plans the fit's steps for ``config.time_budget`` (None without one).
-    Until the first steps are timed, the schedule assumes the recipe's own epoch count."""
+    Until the first steps are timed, the schedule assumes the recipe's own epoch count.
+    ``spent``: seconds of the budget already used (the machine probe's)."""
     if config.time_budget is None:
         return None
     guess = RECIPES[config.recipe]["max_epochs"] * steps_per_epoch
-    return TimeBudget(config.time_budget, guess, warmup=config.warmup or 0.0,
-                      constant=config.lr_schedule == "constant", batch_size=config.batch_size)
+    budget = TimeBudget(config.time_budget, guess, warmup=config.warmup or 0.0,
+                        constant=config.lr_schedule == "constant", batch_size=config.batch_size)
+    budget.spent = spent
+    return budget
 
 
 def resolved_for(config: TrainConfig, split_file: Path) -> TrainConfig:
@@ -287,6 +297,9 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     # A pretrained model's inputs are normalised as its checkpoint records (its weights' own
     # statistics), not by the data module's default.
     # Tested at the image size it was trained at, as its checkpoint records it.
+    # The machine's choices (cifar_lit.probe) as the fit made them: its checkpoint records them.
+    chosen = {name: model.hparams.config.get(name) for name in probe.wants_probe(config)}
+    config = config.model_copy(update=chosen)
     sized = config.model_copy(update={"image_size": model.hparams.image_size})
     dm = ImageDataModule(sized, split_file, (model.hparams.mean, model.hparams.std) if starts_pretrained(config) else None)
     dm.setup("test")
