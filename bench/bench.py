@@ -22,6 +22,9 @@ bench/out/results.json:
       folder: Python, imports, the Prefect API (temporary, then a dedicated server), W&B
       offline, export, promote, shutdown (`--only startup` runs just these rows; `--root DIR`
       measures another checkout)
+  (g) time budgets (`--only budget`): the default recipe with `--time-budget` equal to 1x and 3x
+      the tutorial recipe's fit time measured in the same run, held-out accuracy and the fit time
+      it took; `--budgets 30,120,600` adds fixed budgets (how closely the fit keeps to each)
 
 Each recipe trains in its own process so that (e) measures it alone.
 """
@@ -83,12 +86,12 @@ def prepare(data_dir: Path) -> dict[str, Path]:
     return splits
 
 
-def fit_and_test(data_dir: Path, recipe: str, split: Path) -> dict:
-    """(a) and (e): runs in a child process; prints one JSON line."""
+def fit_and_test(data_dir: Path, recipe: str, split: Path, time_budget: float | None = None) -> dict:
+    """(a), (e) and (g): runs in a child process; prints one JSON line."""
     from cifar_lit.train import evaluate, fit
 
     out = OUT / f"fit-{recipe}-{int(time.time())}"
-    cfg = config(data_dir, recipe, out)
+    cfg = config(data_dir, recipe, out, **({"time_budget": time_budget} if time_budget else {}))
     t0 = time.perf_counter()
     fitted = fit(cfg, split)
     tested = evaluate(cfg, split, fitted.best_checkpoint)
@@ -96,10 +99,13 @@ def fit_and_test(data_dir: Path, recipe: str, split: Path) -> dict:
         "recipe": cfg.recipe,
         "model": cfg.model,
         "optimizer": cfg.optimizer,
-        "precision": cfg.precision,
+        "precision": (fitted.probe or {}).get("precision", cfg.precision),
+        "probe": fitted.probe,
         "train_images": len(json.loads(split.read_text())["train"]),
         "epochs": fitted.epochs_completed,
         "fit_seconds": fitted.fit_seconds,
+        "time_budget": time_budget,
+        "budget": fitted.budget,
         "fit_and_test_seconds": round(time.perf_counter() - t0, 2),
         "test_acc": tested.metrics["test_acc"],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -386,6 +392,34 @@ def startup_rows(f: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def budgets(data_dir: Path, splits: dict[str, Path], fixed: list[float]) -> dict:
+    """(g): the tutorial recipe's fit time T, then the default recipe under budgets T, 3T and
+    each of ``fixed`` seconds, each in its own process."""
+    def run(recipe: str, budget: float | None = None) -> dict:
+        print(f"fitting {recipe}" + (f" in {budget:.0f} s" if budget else "") + " ...", flush=True)
+        return child("--child", "fit", "--recipe", recipe, "--data-dir", str(data_dir), "--split", str(splits[recipe]),
+                     *(["--time-budget", str(budget)] if budget else []))
+
+    tutorial = run("seed")
+    t = tutorial["fit_seconds"]
+    return {"tutorial": tutorial, "runs": [{"times_tutorial": k, **run("auto", k * t)} for k in (1, 3)]
+            + [{"times_tutorial": None, **run("auto", b)} for b in fixed]}
+
+
+def budget_rows(g: dict) -> list[tuple[str, str, str]]:
+    t = g["tutorial"]
+    rows = [(f"(g) tutorial recipe ({t['epochs']} ep)", f"fit {t['fit_seconds']:.1f} s, test acc {t['test_acc']:.2%}",
+             "baseline: the budget")]
+    for r in g["runs"]:
+        b = r["budget"]
+        what = f"{r['times_tutorial']}x the tutorial's fit" if r["times_tutorial"] else "fixed"
+        rows.append((f"(g) default recipe, --time-budget {r['time_budget']:.0f} s ({what})",
+                     f"fit {r['fit_seconds']:.1f} s, test acc {r['test_acc']:.2%}",
+                     f"{r['fit_seconds'] / r['time_budget'] - 1:+.1%} of the budget; {b['steps']} steps "
+                     f"({b['epochs']} ep) at {b['images_per_second']:.0f} img/s"))
+    return rows
+
+
 def machine() -> dict:
     import lightning
     import prefect
@@ -462,8 +496,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=OUT / "cifar10-jpeg")
     parser.add_argument("--child", choices=["fit", "flow", "memory"], help=argparse.SUPPRESS)
-    parser.add_argument("--only", choices=["memory", "startup"],
-                        help="run one measurement: memory, the (e) data-path row; startup, the (f) rows")
+    parser.add_argument("--only", choices=["memory", "startup", "budget"],
+                        help="run one measurement: memory, the (e) data-path row; startup, the (f) rows; "
+                             "budget, the (g) rows")
+    parser.add_argument("--budgets", default="",
+                        help="with --only budget: fixed budgets in seconds to add, e.g. 30,120,600")
+    parser.add_argument("--time-budget", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose start-up (f) measures")
     parser.add_argument("--before", type=Path,
                         help="with --only startup: another checkout measured alongside, its runs taking turns with --root's")
@@ -471,7 +509,7 @@ def main() -> None:
     parser.add_argument("--split", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "fit":
-        print(json.dumps(fit_and_test(args.data_dir, args.recipe, args.split)))
+        print(json.dumps(fit_and_test(args.data_dir, args.recipe, args.split, args.time_budget)))
         return
     if args.child == "flow":
         print(json.dumps(flow_overhead(args.data_dir)))
@@ -488,6 +526,11 @@ def main() -> None:
         print("\n".join(f"{a}  {b}  {c}" for a, b, c in startup_rows(start)))
         return
     splits = prepare(args.data_dir)
+    if args.only == "budget":
+        g = budgets(args.data_dir, splits, [float(b) for b in args.budgets.split(",") if b.strip()])
+        (OUT / "budget.json").write_text(json.dumps({"machine": machine(), "budget": g}, indent=2))
+        print("\n".join(f"{a}  {b}  {c}" for a, b, c in budget_rows(g)))
+        return
     memory = child("--child", "memory", "--data-dir", str(args.data_dir), "--split", str(splits["cpu-fast"]))
     if args.only == "memory":
         (OUT / "memory.json").write_text(json.dumps({"machine": machine(), "memory": memory}, indent=2))

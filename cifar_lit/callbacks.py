@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import WandbLogger
 
+from cifar_lit.budget import TimeBudget
 from cifar_lit.config import TrainConfig
 
 EpochHook = Callable[[int, int, dict[str, float]], None]
@@ -110,7 +111,10 @@ class EpochHookCallback(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-            self.hook(trainer.current_epoch + 1, trainer.max_epochs, metrics)
+            # Under a time budget the epoch count is the one planned so far.
+            budget = next((cb for cb in trainer.callbacks if isinstance(cb, TimeBudget)), None)
+            total = budget.planned_epochs(trainer) if budget is not None else trainer.max_epochs
+            self.hook(trainer.current_epoch + 1, max(total, trainer.current_epoch + 1), metrics)
 
 
 def build_callbacks(

@@ -36,13 +36,33 @@ NOT_EFFECTIVE = frozenset({
     "wandb_mode", "wandb_project", "wandb_entity", "promote_margin", "force_promote", "force", "resume", "node_timeout",
 })
 
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smh])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``90s``, ``3m``, ``1h30m``, ``2.5m``, or a plain number of seconds.
+
+    >>> parse_duration("90s"), parse_duration("3m"), parse_duration("1h30m"), parse_duration("45")
+    (90.0, 180.0, 5400.0, 45.0)
+    """
+    s = text.strip().lower()
+    try:
+        return float(s)
+    except ValueError:
+        parts = _DURATION.findall(s)
+        if not parts or _DURATION.sub("", s).strip():
+            raise ValueError(f"must be a duration like 90s, 3m or 1h30m, got {text!r}") from None
+        return sum(float(n) * _UNITS[unit] for n, unit in parts)
+
+
 # How --help groups the flags; every field is in exactly one group (a test checks).
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "data_dir", "download_url", "download_md5", "val_size", "test_size", "seed", "bad_images",
              "val_dir", "test_dir", "min_per_class", "image_size", "cache_max_gb"),
     "model": ("recipe", "model", "pretrained", "weights_file", "head_epochs", "tta"),
     "optimisation": ("batch_size", "max_epochs", "lr", "lr_batch", "optimizer", "muon_lr", "weight_decay", "patience",
-                     "label_smoothing", "lr_schedule", "warmup", "max_time"),
+                     "label_smoothing", "lr_schedule", "warmup", "time_budget", "max_time"),
     "hardware": ("precision", "accelerator", "devices", "strategy", "num_nodes", "node_timeout", "num_workers",
                  "data_path", "channels_last", "compile"),
     "tracking": ("prediction_samples", "wandb_mode", "wandb_project", "wandb_entity"),
@@ -130,6 +150,11 @@ class TrainConfig(BaseModel):
     )
     warmup: float | None = Field(None, ge=0, lt=1, description="fraction of steps spent warming up")
     tta: int | None = Field(None, ge=0, le=2, description="test-time augmentation: 0 none, 1 flip, 2 flip + 1px shifts")
+    time_budget: float | None = Field(
+        None, gt=0,
+        description="fit within this wall time, e.g. 90s, 3m or 1h30m, ending the learning-rate schedule on time "
+        "(the steps are planned from the measured speed); instead of --max-epochs",
+    )
     max_time: str | None = Field(None, description="stop fitting after DD:HH:MM:SS (Lightning's max_time)")
     # hardware
     precision: Precision | None = Field(None, description="Lightning precision, e.g. 32-true or bf16-mixed")
@@ -200,6 +225,11 @@ class TrainConfig(BaseModel):
             raise ValueError(f"must be -1 (all) or a positive count, got {v}")
         return v
 
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
     @field_validator("max_time")
     @classmethod
     def _max_time(cls, v: str | None) -> str | None:
@@ -245,6 +275,9 @@ class TrainConfig(BaseModel):
             raise ValueError("resume: name the run to continue with --output-dir")
         if (self.download_url is None) != (self.download_md5 is None) and self.dataset != "imagefolder":
             raise ValueError("download_md5: a mirror needs both --download-url and --download-md5")
+        if self.time_budget is not None and self.max_epochs is not None:
+            raise ValueError("time_budget: the budget decides how many epochs fit; give --time-budget or --max-epochs, "
+                             "not both")
         if self.weights_file is not None and not self.weights_file.is_file():
             raise ValueError(f"weights_file: {self.weights_file} is not a file")
         return self
@@ -291,10 +324,15 @@ class TrainConfig(BaseModel):
     @property
     def is_resolved(self) -> bool:
         """True once ``cifar_lit.recipes.resolve`` has filled in every recipe field, the data's included."""
-        from cifar_lit.recipes import DATA_FIELDS, RECIPE_FIELDS
+        from cifar_lit.recipes import DATA_FIELDS, PROBE, RECIPE_FIELDS, RECIPES
 
+        # Under a time budget no epoch count is chosen: the budget plans the steps. What the
+        # recipe leaves to the machine is chosen when the fit starts (cifar_lit.probe).
+        preset = RECIPES.get(self.recipe, {})
+        fields = [n for n in (*RECIPE_FIELDS, *DATA_FIELDS)
+                  if not (n == "max_epochs" and self.time_budget) and preset.get(n) != PROBE]
         return self.recipe != "auto" and self.val_size is not None and all(
-            getattr(self, name) is not None for name in (*RECIPE_FIELDS, *DATA_FIELDS))
+            getattr(self, name) is not None for name in fields)
 
     def effective(self, by_content: bool = True) -> dict[str, Any]:
         """What decides the trained model: the config without names, places and switches that

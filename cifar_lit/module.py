@@ -3,6 +3,7 @@ one, so ``LitClassifier(net)`` drops into a Trainer without knowing the network'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -103,9 +104,12 @@ class LitClassifier(L.LightningModule):
         self.confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
 
-    def build_optimizer(self, total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    def build_optimizer(
+        self, total_steps: int, factor: Callable[[int], float] | None = None
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
         """The optimizer and its per-step schedule (None: constant) for ``total_steps`` steps;
-        ``configure_optimizers`` passes the trainer's count, a hand-written loop its own."""
+        ``configure_optimizers`` passes the trainer's count, a hand-written loop its own.
+        ``factor``: the learning-rate factor of each step instead (a time budget's schedule)."""
         hp = self.hparams
         # No weight decay on biases and normalisation parameters (1-d tensors).
         params = [p for p in self.parameters() if p.requires_grad]
@@ -127,11 +131,20 @@ class LitClassifier(L.LightningModule):
             optimizer = (torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam)(groups, lr=hp.lr)
         if hp.lr_schedule == "constant":
             return optimizer, None
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: triangular(step, total_steps, hp.warmup))
-        return optimizer, schedule
+        if factor is None:
+            def factor(step: int) -> float:
+                return triangular(step, total_steps, hp.warmup)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     def configure_optimizers(self):
-        optimizer, schedule = self.build_optimizer(self.trainer.estimated_stepping_batches)
+        # Under a time budget (cifar_lit.budget.TimeBudget) the total is planned while training.
+        from cifar_lit.budget import TimeBudget  # here: it imports this module's triangular
+
+        budget = next((cb for cb in self.trainer.callbacks if isinstance(cb, TimeBudget)), None)
+        if budget is not None:
+            optimizer, schedule = self.build_optimizer(budget.schedule.total, budget.schedule)
+        else:
+            optimizer, schedule = self.build_optimizer(self.trainer.estimated_stepping_batches)
         if schedule is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

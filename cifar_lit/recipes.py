@@ -74,8 +74,9 @@ _FAST = {
     # the decay per example then stays constant too.
     "lr_batch": 1024,
 }
-# A recipe value, not a Lightning precision: "bf16-mixed" on a CPU with AMX tiles, else "32-true".
-BF16_WITH_AMX = "bf16-mixed if AMX else 32-true"
+# A recipe value: the machine decides, by timing the real network on it when a fit starts
+# (cifar_lit.probe); until then the field stays unset.
+PROBE = "probe"
 
 RECIPES: dict[str, dict[str, Any]] = {
     # The tutorial this project grows from (W&B's "Image classification with PyTorch Lightning"):
@@ -92,10 +93,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "32-true",
         **_TUTORIAL_EXTRAS,
     },
-    # The fastest CPU recipe measured here (bench/). channels_last; bf16 autocast only where
-    # the CPU has AMX: without it (this project's 2-core Xeon) bf16 convolutions and matrix
-    # products ran slower than float32 (see README, Performance). Flip-only TTA: adding 1px
-    # shifts costs 3x the test passes for no gain beyond noise on CPU-sized networks.
+    # The fastest CPU recipe measured here (bench/). Memory format and precision are timed on
+    # the machine (cifar_lit.probe): bf16 only pays with AMX (without it, this project's 2-core
+    # Xeon ran bf16 convolutions and matrix products slower than float32; see README,
+    # Performance). Flip-only TTA: adding 1px shifts costs 3x the test passes for no gain
+    # beyond noise on CPU-sized networks.
     "cpu-fast": {
         **_FAST,
         "tta": 1,
@@ -114,8 +116,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "muon",
         "lr": 2.4,
         "weight_decay": 5e-4,
-        "precision": BF16_WITH_AMX,
-        "channels_last": True,
+        "precision": PROBE,
+        "channels_last": PROBE,
         "compile": False,
     },
     # The same network trained about three times as long, for a better model when time allows.
@@ -132,8 +134,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "sgd",
         "lr": 2.4,
         "weight_decay": 5e-4,
-        "precision": BF16_WITH_AMX,
-        "channels_last": True,
+        "precision": PROBE,
+        "channels_last": PROBE,
         "compile": False,
     },
     # The airbench-sized network for one GPU: bf16 autocast, batch 1024, 10 epochs.
@@ -226,14 +228,14 @@ MAX_SCALED_EPOCHS = 200
 
 @dataclass(frozen=True)
 class Hardware:
-    """What a recipe is chosen for: a CUDA GPU, and AMX bf16 tiles on the CPU."""
+    """What a recipe is chosen for: a CUDA GPU or not. (Precision and memory format are timed on
+    the machine when a fit starts: ``cifar_lit.probe``.)"""
 
     gpu: bool
-    amx: bool
 
     @classmethod
     def detect(cls, accelerator: str = "auto") -> Hardware:
-        return cls(gpu=wants_gpu(accelerator), amx=cpu_has_amx())
+        return cls(gpu=wants_gpu(accelerator))
 
 
 @dataclass(frozen=True)
@@ -270,8 +272,8 @@ class Plan:
         c = self.config
         steps = max(1, self.n_train // c.batch_size)
         changes = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in self.adapted.items())
-        return (f"small dataset ({self.n_train} training images): {changes} "
-                f"({steps} steps per epoch, {steps * c.max_epochs} in all)")
+        total = f"{steps * c.max_epochs} in all" if c.max_epochs else "as many as the time budget allows"
+        return f"small dataset ({self.n_train} training images): {changes} ({steps} steps per epoch, {total})"
 
 
 def fit_to_data(batch: int, epochs: int, n_train: int, batch_given: bool, epochs_given: bool) -> tuple[int, int]:
@@ -306,31 +308,38 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     for name, value in preset.items():
         if name in DATA_FIELDS or getattr(config, name) is not None:
             continue
-        if value == BF16_WITH_AMX:
-            hardware = hardware or Hardware.detect(config.accelerator)
-            value = "bf16-mixed" if hardware.amx else "32-true"
+        if value == PROBE:
+            continue  # left to the machine when the fit starts (cifar_lit.probe)
         values[name] = value
     if config.val_size is None and "val_size" not in values:
         values["val_size"] = 0.1 if config.dataset == "imagefolder" else 5000
     _check(config, values)
-    adapted: dict[str, tuple[Any, Any]] = {}
-    if data is not None:
-        batch, epochs = config.batch_size, config.max_epochs
-        chosen = fit_to_data(batch or preset["batch_size"], epochs or preset["max_epochs"], data.n_train,
-                             batch_given=batch is not None, epochs_given=epochs is not None)
-        for name, recipe_value, value, given in (("batch_size", preset["batch_size"], chosen[0], batch),
-                                                 ("max_epochs", preset["max_epochs"], chosen[1], epochs)):
-            if given is None:
-                values[name] = value
-                if value != recipe_value:
-                    adapted[name] = (recipe_value, value)
-        if config.image_size is None:
-            values["image_size"] = _image_size(config.dataset, data.median_side)
+    adapted = _fit_to(config, preset, data, values) if data is not None else {}
     resolved = config.model_copy(update=values) if values else config
     result = Plan(resolved, adapted, data.n_train if data else None)
     if adapted:
         log.info("%s", result.describe())
     return result
+
+
+def _fit_to(config: TrainConfig, preset: dict[str, Any], data: DataSize, values: dict[str, Any]) -> dict[str, tuple]:
+    """Fills ``values`` with the data's batch size, epochs and image size; returns what
+    ``fit_to_data`` changed from the recipe: field -> (recipe's value, chosen)."""
+    adapted: dict[str, tuple[Any, Any]] = {}
+    batch, epochs = config.batch_size, config.max_epochs
+    chosen = fit_to_data(batch or preset["batch_size"], epochs or preset["max_epochs"], data.n_train,
+                         batch_given=batch is not None, epochs_given=epochs is not None)
+    for name, recipe_value, value, given in (("batch_size", preset["batch_size"], chosen[0], batch),
+                                             ("max_epochs", preset["max_epochs"], chosen[1], epochs)):
+        if name == "max_epochs" and config.time_budget is not None:
+            continue  # the budget decides the length (cifar_lit.budget)
+        if given is None:
+            values[name] = value
+            if value != recipe_value:
+                adapted[name] = (recipe_value, value)
+    if config.image_size is None:
+        values["image_size"] = _image_size(config.dataset, data.median_side)
+    return adapted
 
 
 def recipe_summary(p: Plan) -> dict[str, Any]:

@@ -46,6 +46,10 @@ def build_summary(
         "data": data,
         # The recipe, and the batch size and epochs it chose for a small dataset (cifar_lit.recipes).
         "recipe": recipe,
+        # Under --time-budget: what the budget chose (steps, epochs, measured speed; cifar_lit.budget).
+        "budget": fit.get("budget"),
+        # What the recipe left to the machine, as timed on it (cifar_lit.probe).
+        "probe": fit.get("probe"),
         "per_class": test["per_class"],
         # A model that collapsed onto one class, or does no better than guessing the largest
         # one: the run still completes (its numbers are true), but says so everywhere it reports.
@@ -102,6 +106,32 @@ def _recipe_note(summary: dict[str, Any]) -> str | None:
     return (summary.get("recipe") or {}).get("note")
 
 
+def budget_line(budget: dict[str, Any] | None) -> str | None:
+    """One line: what a time budget chose.
+
+    >>> budget_line({"seconds": 180.0, "steps": 1400, "epochs": 8.0, "images_per_second": 710.3, "replans": 3})
+    '**Time budget**: 180 s: 1400 steps (8.0 epochs) at 710 images/s measured, re-planned 3 times'
+    """
+    if not budget:
+        return None
+    speed = f" at {budget['images_per_second']:.0f} images/s measured" if budget.get("images_per_second") else ""
+    return (f"**Time budget**: {budget['seconds']:g} s: {budget['steps']} steps ({budget['epochs']} epochs){speed}, "
+            f"re-planned {budget['replans']} times")
+
+
+def probe_line(probe: dict[str, Any] | None) -> str | None:
+    """One line: what the machine probe chose.
+
+    >>> probe_line({"precision": "32-true", "channels_last": True, "threads": 2, "seconds": 3.14, "cached": False})
+    '**Machine**: 32-true, channels_last, 2 threads (timed on this machine in 3.1 s)'
+    """
+    if not probe:
+        return None
+    how = "cached for this machine" if probe["cached"] else f"timed on this machine in {probe['seconds']:.1f} s"
+    layout = "channels_last" if probe["channels_last"] else "contiguous"
+    return f"**Machine**: {probe['precision']}, {layout}, {probe['threads']} threads ({how})"
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     if summary.get("skipped"):
         m = summary["matched"]
@@ -141,6 +171,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "",
             f"**Recipe**: {summary['config']['recipe']}" + (f"; {note}" if (note := _recipe_note(summary)) else ""),
             "",
+            *([line, ""] if (line := budget_line(summary.get("budget"))) else []),
+            *([line, ""] if (line := probe_line(summary.get("probe"))) else []),
             f"**W&B**: {where}",
             "",
             f"**Best checkpoint**: `{summary['best_checkpoint']}`",

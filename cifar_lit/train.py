@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from cifar_lit import probe
+from cifar_lit.budget import TimeBudget
 from cifar_lit.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
 from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
 from cifar_lit.config import NOT_EFFECTIVE, TORCHVISION_NETS, TrainConfig
@@ -27,7 +29,7 @@ from cifar_lit.model_file import ModelFileError, from_checkpoint, safe_load
 from cifar_lit.models import CATALOGUE, build_model, check_input_size
 from cifar_lit.module import HeadFirst, LitClassifier
 from cifar_lit.quality import collapse_warnings
-from cifar_lit.recipes import DataSize, resolve
+from cifar_lit.recipes import RECIPES, DataSize, resolve
 from cifar_lit.rundir import OutputDirError
 from cifar_lit.tracking import log_test_results, make_loggers, per_class_table, update_config
 
@@ -43,6 +45,10 @@ class FitResult:
     epochs_this_run: int
     fit_seconds: float  # wall time of trainer.fit in this attempt
     resumed_from: str | None = None
+    # Under --time-budget: what the budget chose (cifar_lit.budget.TimeBudget.report).
+    budget: dict | None = None
+    # What the machine probe chose and measured (cifar_lit.probe), when the recipe asked for it.
+    probe: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +75,7 @@ def checkpoint_dir(config: TrainConfig) -> Path:
 
 def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, **overrides) -> L.Trainer:
     kwargs = dict(
-        max_epochs=config.max_epochs,
+        max_epochs=-1 if config.time_budget else config.max_epochs,  # a budget's plan stops the fit
         max_time=config.max_time,
         accelerator=config.accelerator,
         devices=config.devices,
@@ -109,6 +115,9 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     already holds checkpoints is refused rather than overwritten.
     """
     config = resolved_for(config, split_file)
+    # What the recipe leaves to the machine (memory format, precision, threads): timed here
+    # once, then cached (cifar_lit.probe). Before resume_point: the checkpoint records the choice.
+    config, probed = probe.apply(config, len(Split.read(split_file).classes))
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt_dir = checkpoint_dir(config)
     last = ckpt_dir / "last.ckpt"
@@ -131,6 +140,9 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     if config.head_epochs:
         callbacks.append(HeadFirst(config.head_epochs))
     steps = max(1, dm.num_images("train") // config.batch_size)
+    budget = time_budget(config, steps, spent=probed.seconds if probed else 0.0)
+    if budget is not None:
+        callbacks.append(budget)
     # A resumed fit logs beside the first attempt's CSV instead of overwriting it.
     stage = "fit" if ckpt_path is None else f"fit-resumed-{time.strftime('%H%M%S')}"
     trainer = _trainer(config, stage, callbacks, steps, **({} if validate else {"limit_val_batches": 0}))
@@ -153,7 +165,22 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
         epochs_this_run=trainer.current_epoch - start.epoch,
         fit_seconds=round(fit_seconds, 3),
         resumed_from=ckpt_path,
+        budget=budget.report(trainer) if budget is not None else None,
+        probe=probed.to_dict() if probed is not None else None,
     )
+
+
+def time_budget(config: TrainConfig, steps_per_epoch: int, spent: float = 0.0) -> TimeBudget | None:
+    """The callback that plans the fit's steps for ``config.time_budget`` (None without one).
+    Until the first steps are timed, the schedule assumes the recipe's own epoch count.
+    ``spent``: seconds of the budget already used (the machine probe's)."""
+    if config.time_budget is None:
+        return None
+    guess = RECIPES[config.recipe]["max_epochs"] * steps_per_epoch
+    budget = TimeBudget(config.time_budget, guess, warmup=config.warmup or 0.0,
+                        constant=config.lr_schedule == "constant", batch_size=config.batch_size)
+    budget.spent = spent
+    return budget
 
 
 def resolved_for(config: TrainConfig, split_file: Path) -> TrainConfig:
@@ -176,7 +203,7 @@ def resume_point(config: TrainConfig, last: Path) -> str | None:
     path, ckpt = found
     saved = (ckpt.get("hyper_parameters") or {}).get("config") or {}
     # How long to train may change on resume (continue a run for more epochs); nothing else.
-    length = {"max_epochs", "max_time", "patience"}
+    length = {"max_epochs", "max_time", "time_budget", "patience"}
     now = {k: v for k, v in config.effective(by_content=False).items() if k not in length}
     same = {k: v for k, v in saved.items() if k not in NOT_EFFECTIVE | length} == now
     if saved.get("output_dir") != config.as_dict()["output_dir"] or not same:
@@ -270,6 +297,9 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     # A pretrained model's inputs are normalised as its checkpoint records (its weights' own
     # statistics), not by the data module's default.
     # Tested at the image size it was trained at, as its checkpoint records it.
+    # The machine's choices (cifar_lit.probe) as the fit made them: its checkpoint records them.
+    chosen = {name: model.hparams.config.get(name) for name in probe.wants_probe(config)}
+    config = config.model_copy(update=chosen)
     sized = config.model_copy(update={"image_size": model.hparams.image_size})
     dm = ImageDataModule.from_config(sized, split_file,
                                      (model.hparams.mean, model.hparams.std) if starts_pretrained(config) else None)

@@ -57,6 +57,7 @@ def fit_model(config: TrainConfig, split_file: Path, progress_artifact: UUID | N
     resume = config.resume or task_run.get_run_count() > 1
     if is_distributed(config):  # DDP: one process per device, started by Lightning (see cifar_lit.distributed)
         result = fit_in_subprocess(config, split_file, resume=resume)
-        _progress_hook(progress_artifact)(result.epochs_completed, config.max_epochs, result.metrics)
+        _progress_hook(progress_artifact)(result.epochs_completed, config.max_epochs or result.epochs_completed,
+                                          result.metrics)
         return result.to_dict()
     return fit(config, split_file, resume=resume, on_epoch=_progress_hook(progress_artifact)).to_dict()

@@ -25,6 +25,7 @@ os.environ.pop("WANDB_API_KEY", None)
 os.environ.pop("WANDB_MODE", None)
 os.environ["WANDB_SILENT"] = "true"
 os.environ["NETRC"] = str(_STATE / "netrc")  # no stored W&B login
+os.environ["CIFAR_LIT_CACHE"] = str(_STATE / "cifar_lit")  # the machine probe's cache (cifar_lit.probe)
 
 import fakes  # noqa: E402
 

@@ -1,0 +1,226 @@
+"""Time budgets: ``--time-budget 3m`` ends the fit within three minutes with its learning-rate
+schedule completed.
+
+Lightning's ``max_time`` stops a fit mid-schedule: the learning rate is still high when time runs
+out, and the last epochs' work is wasted. Here the schedule's length (its total steps) follows the
+clock instead. The first steps of the real model on the real data measure the time per step (the
+calibration costs nothing extra: those steps train); the total is then set to what fits the time
+left, and set again every few steps, so a machine that slows down (another job starts) or speeds up
+gets a shorter or longer schedule. An end of an epoch costs more than a step (validation, the
+checkpoint, the loader starting again): that cost is measured too, first from the sanity check's
+validation batches, then at each end of an epoch, and kept out of the time the steps may take.
+The fit stops at the planned step, with a final validation and checkpoint.
+
+When the total changes after the warm-up, the decay starts again from the learning rate of that
+step and reaches 0 at the new total: the rate never jumps (``BudgetSchedule``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from cifar_lit.module import triangular
+
+
+class BudgetSchedule:
+    """The learning-rate factor of each step (``LambdaLR``'s function) for a total that may
+    change while training.
+
+    Triangular (``cifar_lit.module.triangular``: a warm-up, then a linear decay to 0 at
+    ``total``) until the first change after the warm-up; from then on a linear decay from the
+    factor reached at the step of the latest change to 0 at the new total. ``constant``: 1 at
+    every step (only the length follows the budget).
+
+    >>> s = BudgetSchedule(total=10, warmup=0.2)
+    >>> [round(s(k), 2) for k in (0, 2, 6)]
+    [0.2, 1.0, 0.5]
+    >>> s.replan(step=6, total=16)   # more time than planned: a longer decay from 0.5
+    >>> [round(s(k), 2) for k in (6, 11, 16)]
+    [0.5, 0.25, 0.0]
+
+    A plain object whose ``__dict__`` is its state: ``LambdaLR.state_dict`` saves it in the
+    checkpoint, so a resumed fit continues the same schedule.
+    """
+
+    def __init__(self, total: int, warmup: float, constant: bool = False) -> None:
+        self.total = max(1, int(total))
+        self.warmup = warmup
+        self.constant = constant
+        self.anchor: tuple[int, float] | None = None  # (step, factor) of the latest change
+
+    def peak(self) -> int:
+        return max(1, round(self.warmup * self.total))
+
+    def __call__(self, step: int) -> float:
+        if self.constant:
+            return 1.0
+        if self.anchor is None:
+            return triangular(step, self.total, self.warmup)
+        s0, f0 = self.anchor
+        return max(0.0, f0 * (self.total - step) / max(1, self.total - s0))
+
+    def replan(self, step: int, total: int) -> None:
+        """From ``step`` on, the schedule ends at ``total`` (at least one more step)."""
+        total = max(int(total), step + 1)
+        if total == self.total:
+            return
+        if not self.constant and (self.anchor is not None or step >= self.peak()):
+            self.anchor = (step, self(step))
+        self.total = total
+
+
+class TimeBudget(Callback):
+    """Plans the fit's total steps to end within ``seconds`` of wall time (see the module
+    docstring); ``report()`` says what it chose.
+
+    ``first_guess``: the total until the first steps are measured (the recipe's epochs).
+    ``warmup``/``constant``: the learning-rate schedule (``BudgetSchedule``); the module's
+    ``configure_optimizers`` takes it from this callback. ``spent``: seconds this fit already
+    used before a resume (restored from the checkpoint).
+    """
+
+    CALIBRATION_STEPS = 5  # measured steps before the first plan (after the first two, which warm up)
+    SKIPPED_STEPS = 2
+    WINDOW = 50  # steps whose mean time plans the rest: recent enough to follow a slowdown
+    # Kept free at the end for what follows the last step and was not measured (the fit's own
+    # teardown): 1% of the budget.
+    RESERVE = 0.01
+
+    def __init__(self, seconds: float, first_guess: int, warmup: float = 0.0, constant: bool = False,
+                 batch_size: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = float(seconds)
+        self.clock = clock  # seconds, monotonic (a test drives its own)
+        self.schedule = BudgetSchedule(first_guess, warmup, constant)
+        self.batch_size = batch_size
+        self.spent = 0.0  # seconds of this budget used by earlier attempts (resume)
+        self.start: float | None = None
+        self.steps: deque[float] = deque(maxlen=self.WINDOW)
+        self.seen = 0  # steps ended in this attempt
+        self.last_end: float | None = None
+        self.crossed = False  # an epoch ended (validation, checkpoint) since the last step
+        self.epoch_end: list[float] = []  # measured seconds of each end of an epoch
+        self.val_batch: float | None = None  # seconds per validation batch, from the sanity check
+        self.sanity_start: float | None = None
+        self.first_plan: int | None = None
+        self.replans = 0
+        self.every = 1
+
+    # ---- the clock ------------------------------------------------------------------------
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self.start = self.clock()
+
+    def left(self) -> float:
+        """Seconds of the budget left now."""
+        return self.seconds - self.spent - (self.clock() - self.start)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking:
+            self.sanity_start = self.clock()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        # The sanity check's fastest batch: the first one also pays for starting up.
+        if trainer.sanity_checking and self.sanity_start is not None:
+            took = self.clock() - self.sanity_start
+            self.val_batch = took if self.val_batch is None else min(self.val_batch, took)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Plan a few times an epoch, on the same steps in every process (DDP: the plan is
+        # broadcast from rank 0 there, so every process stops at the same step).
+        self.every = max(1, min(25, trainer.num_training_batches // 4))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.crossed = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = self.clock()
+        if self.last_end is not None:
+            gap = now - self.last_end
+            if self.crossed and self.steps:  # a step plus the end of an epoch
+                self.epoch_end.append(max(0.0, gap - self.step_seconds()))
+            elif not self.crossed and self.seen > self.SKIPPED_STEPS:
+                self.steps.append(gap)
+        self.crossed = False
+        self.last_end = now
+        self.seen += 1
+        step = trainer.global_step
+        if len(self.steps) >= self.CALIBRATION_STEPS and (self.first_plan is None or step % self.every == 0):
+            self._plan(trainer, step)
+        if step >= self.schedule.total:
+            trainer.should_stop = True
+
+    # ---- the plan -------------------------------------------------------------------------
+
+    def step_seconds(self) -> float:
+        return sum(self.steps) / len(self.steps)
+
+    def end_seconds(self, trainer) -> float:
+        """The cost of one end of an epoch: measured, else estimated from the validation batches."""
+        if self.epoch_end:
+            return max(self.epoch_end[-3:])  # the dearest of the latest: the end of the fit saves more
+        val_batches = sum(trainer.num_val_batches) if trainer.enable_validation else 0
+        return (self.val_batch or 0.0) * val_batches
+
+    def steps_that_fit(self, step: int, per_epoch: int, left: float, step_s: float, end_s: float) -> int:
+        """How many more steps fit in ``left`` seconds: each costs ``step_s``; each end of an
+        epoch they pass, and the fit's own end, ``end_s``.
+
+        >>> TimeBudget(60, 10).steps_that_fit(step=0, per_epoch=100, left=31.0, step_s=0.1, end_s=1.0)
+        280
+        """
+        n = max(0, math.floor((left - end_s) / step_s + 1e-9))
+        for _ in range(4):  # the number of epoch ends depends on n: settle it
+            # Ends after steps step .. step+n-1 (one after ``step`` itself may still be to come:
+            # the plan is made at the end of a step, before its epoch's end); the end after the
+            # last step is the fit's own.
+            ends = (step + n - 1) // per_epoch - (max(step, 1) - 1) // per_epoch if n else 0
+            n = max(0, math.floor((left - end_s * (1 + ends)) / step_s + 1e-9))
+        return n
+
+    def _plan(self, trainer, step: int) -> None:
+        left = self.left() - self.RESERVE * self.seconds
+        more = self.steps_that_fit(step, max(1, trainer.num_training_batches), left, self.step_seconds(),
+                                   self.end_seconds(trainer))
+        total = trainer.strategy.broadcast(step + more, src=0)
+        if self.first_plan is not None and total != self.schedule.total:
+            self.replans += 1
+        self.schedule.replan(step, total)
+        if self.first_plan is None and len(self.steps) >= self.CALIBRATION_STEPS:
+            self.first_plan = self.schedule.total  # the plan once calibrated, for the report
+
+    def planned_epochs(self, trainer) -> int:
+        """The epochs the current plan takes (the last one may be partial)."""
+        return math.ceil(self.schedule.total / max(1, trainer.num_training_batches))
+
+    def report(self, trainer=None) -> dict[str, Any]:
+        """What the budget chose, for the summary: steps, epochs, measured speed."""
+        steps = trainer.global_step if trainer is not None else self.schedule.total
+        per_epoch = max(1, trainer.num_training_batches) if trainer is not None else None
+        step_s = self.step_seconds() if self.steps else None
+        return {
+            "seconds": self.seconds,
+            "steps": steps,
+            "epochs": round(steps / per_epoch, 2) if per_epoch else None,
+            "first_plan_steps": self.first_plan,
+            "replans": self.replans,
+            "step_seconds": round(step_s, 4) if step_s else None,
+            "images_per_second": round(self.batch_size / step_s, 1) if step_s and self.batch_size else None,
+            "epoch_end_seconds": round(sum(self.epoch_end) / len(self.epoch_end), 3) if self.epoch_end else None,
+        }
+
+    # ---- resume ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent": self.seconds - self.left(), "first_plan": self.first_plan, "replans": self.replans}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.spent = float(state.get("spent", 0.0))
+        self.first_plan = state.get("first_plan")
+        self.replans = int(state.get("replans", 0))

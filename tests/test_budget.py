@@ -1,0 +1,175 @@
+"""--time-budget: the fit plans its steps from the measured speed, ends within the budget and
+completes its learning-rate schedule (cifar_lit.budget). The planning is driven by a fake clock
+(exact, whatever else runs on the machine); one real Lightning fit on tiny CIFAR checks the
+wiring, with generous time bounds only."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from cifar_lit import train
+from cifar_lit.budget import BudgetSchedule, TimeBudget
+from cifar_lit.cli import parse_config
+from cifar_lit.data.datamodule import ImageDataModule
+
+
+def test_a_real_fit_completes_its_schedule_on_time(make_config):
+    cfg = make_config(time_budget=5, max_epochs=None, lr_schedule="triangular", warmup=0.2, prediction_samples=0,
+                      wandb_mode="disabled")
+    ImageDataModule.from_config(cfg).setup("fit")  # the data and split, outside the fit's budget
+    result = train.fit(cfg, cfg.out / "split.json")
+    b = result.budget
+    last = torch.load(result.last_checkpoint, weights_only=False, map_location="cpu")
+    # It trained the steps it planned, validated and saved them, and the schedule ended there:
+    # the learning rate after the last step is 0, not cut off mid-decay.
+    (schedule,) = last["lr_schedulers"]
+    assert last["global_step"] == b["steps"] == schedule["last_epoch"] and schedule["_last_lr"] == [0.0, 0.0]
+    assert b["images_per_second"] == pytest.approx(16 / b["step_seconds"], rel=0.01)
+    assert b["epochs"] == pytest.approx(b["steps"] / 10, abs=0.01)  # 160 images, batch 16
+    assert "val_acc" in result.metrics and (cfg.out / "checkpoints" / "last.ckpt").is_file()
+    assert 0.5 * 5 < result.fit_seconds < 2 * 5  # used the budget, and not much more (generous bounds)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(step_s, budget=60.0, per_epoch=100, end_s=1.0, world_size=1):
+    """TimeBudget driven through Lightning's hooks by a fake trainer and clock: each step takes
+    ``step_s(step)`` seconds, each end of an epoch (and the fit's last validation) ``end_s``.
+    Returns (steps trained, seconds the fit took, the callback)."""
+    clock = FakeClock()
+    tb = TimeBudget(budget, first_guess=4 * per_epoch, warmup=0.2, batch_size=256, clock=clock)
+    trainer = SimpleNamespace(global_step=0, num_training_batches=per_epoch, num_val_batches=[5],
+                              enable_validation=True, sanity_checking=True, world_size=world_size,
+                              strategy=SimpleNamespace(broadcast=lambda value, src=0: value), should_stop=False)
+    tb.setup(trainer, None, "fit")
+    for i in range(2):  # the sanity check's two validation batches: the first one slower
+        tb.on_validation_batch_start(trainer, None, None, i)
+        clock.now += end_s / 5 * (3 if i == 0 else 1)
+        tb.on_validation_batch_end(trainer, None, None, None, i)
+    trainer.sanity_checking = False
+    tb.on_train_start(trainer, None)
+    while not trainer.should_stop:
+        clock.now += step_s(trainer.global_step)
+        trainer.global_step += 1
+        tb.on_train_batch_end(trainer, None, None, None, trainer.global_step % per_epoch)
+        if trainer.global_step % per_epoch == 0 and not trainer.should_stop:
+            clock.now += end_s
+            tb.on_train_epoch_end(trainer, None)
+        assert trainer.global_step < 100_000
+    clock.now += end_s  # the last validation and checkpoint
+    return trainer.global_step, clock.now, tb
+
+
+@pytest.mark.parametrize("budget", [30.0, 120.0, 600.0])
+def test_the_fit_ends_within_the_budget_and_uses_it(budget):
+    steps, took, tb = simulate(lambda step: 0.1, budget=budget)
+    assert 0.97 * budget <= took <= budget, took
+    assert tb.schedule(steps) == 0.0 and tb.schedule.total == steps  # the schedule ends at the last step
+    assert tb.report()["images_per_second"] == pytest.approx(2560)
+
+
+def test_a_slower_machine_plans_fewer_steps():
+    fast, _, fast_tb = simulate(lambda step: 0.1)
+    slow, took, slow_tb = simulate(lambda step: 0.25)
+    assert slow_tb.first_plan < 0.5 * fast_tb.first_plan and slow < 0.5 * fast
+    assert 0.97 * 60 <= took <= 60
+
+
+def test_a_machine_that_slows_down_replans_and_still_ends_on_time():
+    steps, took, tb = simulate(lambda step: 0.1 if step < 200 else 0.2)
+    assert tb.replans >= 1 and steps < 0.8 * tb.first_plan
+    assert 0.97 * 60 <= took <= 60
+    faster, took, tb = simulate(lambda step: 0.2 if step < 100 else 0.1)  # and one that speeds up
+    assert faster > 1.2 * tb.first_plan and 0.97 * 60 <= took <= 60
+
+
+def test_several_processes_plan_on_the_same_steps():
+    # DDP: a plan is a broadcast, so it happens on a fixed cadence only; still on time.
+    steps, took, tb = simulate(lambda step: 0.1, world_size=2)
+    assert tb.every == 25 and 0.95 * 60 <= took <= 60
+
+
+def test_the_decay_restarts_from_the_current_rate_when_the_total_changes():
+    s = BudgetSchedule(total=100, warmup=0.1)
+    before = [s(k) for k in range(51)]
+    s.replan(step=50, total=80)  # the machine slowed down: a shorter decay from here
+    after = [s(k) for k in range(50, 81)]
+    assert after[0] == pytest.approx(before[50]) and after[-1] == 0.0
+    assert all(a > b for a, b in zip(after, after[1:]))  # still decaying, no jump
+    s.replan(step=60, total=200)  # faster again: a longer one
+    assert s(60) == pytest.approx(after[10]) and s(200) == 0.0 and s(130) == pytest.approx(s(60) / 2)
+
+
+def test_steps_that_fit_leave_time_for_the_ends_of_epochs():
+    b = TimeBudget(60, first_guess=10)
+    assert b.steps_that_fit(step=0, per_epoch=100, left=10.0, step_s=0.1, end_s=0.0) == 100
+    # Each end of an epoch costs 1 s: 1 s for the last one, 1 s for each one the steps pass.
+    assert b.steps_that_fit(step=0, per_epoch=100, left=10.0, step_s=0.1, end_s=1.0) == 90
+    assert b.steps_that_fit(step=0, per_epoch=30, left=10.0, step_s=0.1, end_s=1.0) == 70  # 2 ends passed
+    assert b.steps_that_fit(step=0, per_epoch=30, left=0.5, step_s=0.1, end_s=1.0) == 0
+
+
+def test_a_budget_and_an_epoch_count_together_are_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--time-budget", "3m", "--max-epochs", "3"], prog="train_flow.py")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--time-budget" in err and "--max-epochs" in err, err
+    with pytest.raises(SystemExit):
+        parse_config(["--time-budget", "3 minutes"], prog="train_flow.py")
+    assert "--time-budget: " in capsys.readouterr().err and parse_config(["--time-budget", "1h30m"]).time_budget == 5400
+
+
+def test_the_summary_says_what_the_budget_chose():
+    from cifar_lit.config import TrainConfig
+    from cifar_lit.summary import build_summary, summary_markdown
+
+    chose = {"seconds": 180.0, "steps": 1400, "epochs": 8.0, "first_plan_steps": 1380, "replans": 3,
+             "step_seconds": 0.36, "images_per_second": 711.1, "epoch_end_seconds": 0.2}
+    fit = {"metrics": {}, "epochs_completed": 8, "fit_seconds": 179.0, "best_checkpoint": "b", "last_checkpoint": "l",
+           "budget": chose}
+    test = {"metrics": {"test_acc": 0.85}, "per_class": []}
+    summary = build_summary(TrainConfig(recipe="cpu-fast", time_budget="3m"), fit, test, "fp", {"mode": "disabled"})
+    assert summary["budget"] == chose and summary["config"]["time_budget"] == 180.0
+    assert "**Time budget**: 180 s: 1400 steps (8.0 epochs) at 711 images/s measured" in summary_markdown(summary)
+
+
+class Crash(Callback):
+    """The process dies as the second epoch starts: one epoch is checkpointed."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1:
+            raise RuntimeError("killed")
+
+
+def test_a_resumed_fit_spends_what_is_left_of_the_budget(make_config, monkeypatch):
+    cfg = make_config(time_budget=8, max_epochs=None, lr_schedule="triangular", warmup=0.2, prediction_samples=0,
+                      wandb_mode="disabled")
+    ImageDataModule.from_config(cfg).setup("fit")
+    build = train.build_callbacks
+    monkeypatch.setattr(train, "build_callbacks", lambda *a, **k: [*build(*a, **k), Crash()])
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="killed"):
+        train.fit(cfg, cfg.out / "split.json")
+    first = time.monotonic() - t0
+    saved = torch.load(cfg.out / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("TimeBudget")]
+    assert 0 < state["spent"] <= first  # the budget used up to the checkpoint
+    monkeypatch.setattr(train, "build_callbacks", build)
+    resumed = train.fit(cfg, cfg.out / "split.json", resume=True)
+    last = torch.load(resumed.last_checkpoint, weights_only=False, map_location="cpu")
+    # Only what was left: the two attempts together keep (generously) to the budget, and the
+    # schedule, restored from the checkpoint, still ends at 0 on the last step.
+    assert resumed.fit_seconds < 8 - state["spent"] + 2
+    assert last["global_step"] == resumed.budget["steps"] > 10 and last["lr_schedulers"][0]["_last_lr"] == [0.0, 0.0]

@@ -1,0 +1,93 @@
+"""The machine probe (cifar_lit.probe): what a recipe leaves to the machine is timed on it with
+the real network, the fastest candidate is used, the result is cached per machine and invalidated
+by another CPU or torch version, and what the user gave is never probed over."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cifar_lit import probe, train
+from cifar_lit.config import TrainConfig
+from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.recipes import resolve
+
+
+def _config(**extra) -> TrainConfig:
+    # The CPU recipe (precision and memory format left to the machine), shrunk: a small batch.
+    return resolve(TrainConfig(**{"recipe": "cpu-fast", "accelerator": "cpu", "batch_size": 16, "image_size": 32,
+                                  "max_epochs": 1, **extra}))
+
+
+def test_the_fastest_candidate_is_chosen_and_cached_per_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    timed = []
+    real = probe.images_per_second
+
+    def timing(step, choice, batch, device):
+        timed.append(choice)
+        rate = real(step, choice, batch, device)  # the real network, optimizer and batch ...
+        return rate * (10 if choice.channels_last else 1)  # ... on a machine where channels_last is 10x faster
+
+    monkeypatch.setattr(probe, "images_per_second", timing)
+    config = _config()
+    assert probe.wants_probe(config) == ["precision", "channels_last"]
+    found = probe.probe(config, num_classes=10)
+    assert not found.cached and found.seconds > 0 and found.choice.channels_last
+    assert {c.channels_last for c in timed} == {False, True} and len(found.images_per_second) == len(timed)
+    entries = json.loads((tmp_path / "probe.json").read_text())
+    assert [e["choice"] for e in entries.values()] == [{"precision": found.choice.precision, "channels_last": True,
+                                                      "threads": found.choice.threads}]
+
+    timed.clear()
+    again = probe.probe(config, num_classes=10)  # the same machine: the cache answers, nothing is timed
+    assert again.cached and again.seconds == 0 and again.choice == found.choice and timed == []
+
+    machine = probe.machine
+    for other in ({"cpu": "Another CPU"}, {"torch": "9.9.9"}):  # another CPU, or another torch: timed again
+        monkeypatch.setattr(probe, "machine", lambda device, other=other: {**machine(device), **other})
+        assert not probe.probe(config, num_classes=10).cached and timed
+        timed.clear()
+    monkeypatch.setattr(probe, "machine", machine)
+    assert probe.probe(_config(batch_size=32), num_classes=10).cached is False  # another batch size too
+
+
+def test_values_the_user_gave_are_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    config = _config(precision="32-true")
+    assert probe.wants_probe(config) == ["channels_last"]
+    assert {c.precision for c in probe.candidates("cpu", probe.given(config))} == {"32-true"}
+    probed, found = probe.apply(config, num_classes=10)
+    assert probed.precision == "32-true" and probed.channels_last == found.choice.channels_last
+    assert probe.apply(_config(precision="32-true", channels_last=False), num_classes=10)[1] is None  # nothing left
+    assert probe.apply(resolve(TrainConfig(recipe="seed")), num_classes=10)[1] is None  # a recipe that fixes both
+
+
+def test_bf16_is_a_candidate_only_where_the_cpu_computes_it(monkeypatch):
+    monkeypatch.setattr(probe, "cpu_flags", lambda: ("AMD EPYC", {"avx2", "fma"}))
+    monkeypatch.setattr(probe, "cpu_has_amx", lambda: False)
+    assert {c.precision for c in probe.candidates("cpu", {})} == {"32-true"}
+    monkeypatch.setattr(probe, "cpu_flags", lambda: ("Xeon", {"avx512f", "avx512_bf16"}))
+    assert {c.precision for c in probe.candidates("cpu", {})} == {"32-true", "bf16-mixed"}
+
+
+def test_a_distributed_fit_takes_the_fixed_rule_instead(monkeypatch, tmp_path):
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("a distributed fit must not probe"))
+    config, found = probe.apply(_config(strategy="ddp", devices=2), num_classes=10)
+    assert found is None and config.channels_last is True and config.precision in ("32-true", "bf16-mixed")
+
+
+def test_a_fit_uses_and_records_the_probe_and_its_test_reuses_it(make_config, monkeypatch):
+    cfg = make_config(recipe="cpu-fast", batch_size=32, max_epochs=1, val_size=0, tta=0)
+    assert cfg.precision is None and cfg.channels_last is None
+    ImageDataModule.from_config(cfg).setup("fit")
+    fitted = train.fit(cfg, cfg.out / "split.json")
+    assert fitted.probe["images_per_second"] and fitted.probe["cached"] in (False, True)
+    saved = torch.load(fitted.last_checkpoint, weights_only=False, map_location="cpu")["hyper_parameters"]["config"]
+    assert (saved["precision"], saved["channels_last"]) == (fitted.probe["precision"], fitted.probe["channels_last"])
+    monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("the test step probed again"))
+    tested = train.evaluate(cfg, cfg.out / "split.json", fitted.last_checkpoint)
+    assert tested.metrics["test_acc"] > 0
