@@ -68,6 +68,17 @@ def config(data_dir: Path, recipe: str, out: Path, **extra):
     return TrainConfig(recipe=recipe, data_dir=data_dir, output_dir=out, **{**COMMON, **extra})
 
 
+def resolved(data_dir: Path, recipe: str, out: Path, split: Path, **extra):
+    """The config a run of ``recipe`` on ``split`` trains with: the recipe, the data's batch size
+    and the machine's timed choices (``cifar_lit.probe``), as ``cifar_lit.train.fit`` makes it."""
+    from cifar_lit import probe
+    from cifar_lit.data.split import Split
+    from cifar_lit.recipes import DataSize, resolve
+
+    s = Split.read(split)
+    return probe.apply(resolve(config(data_dir, recipe, out, **extra), data=DataSize.of_split(s)), len(s.classes))[0]
+
+
 def prepare(data_dir: Path) -> dict[str, Path]:
     """Scan, split and tensor-cache once, untimed: every measurement below starts warm. One
     split per validation size (the recipes differ there); all hold out the same test images."""
@@ -86,12 +97,12 @@ def prepare(data_dir: Path) -> dict[str, Path]:
     return splits
 
 
-def fit_and_test(data_dir: Path, recipe: str, split: Path, time_budget: float | None = None) -> dict:
-    """(a), (e) and (g): runs in a child process; prints one JSON line."""
+def fit_and_test(data_dir: Path, recipe: str, split: Path, time_budget: float | None = None, **extra) -> dict:
+    """(a), (e) and (g): runs in a child process; prints one JSON line. ``extra``: other fields."""
     from cifar_lit.train import evaluate, fit
 
     out = OUT / f"fit-{recipe}-{int(time.time())}"
-    cfg = config(data_dir, recipe, out, **({"time_budget": time_budget} if time_budget else {}))
+    cfg = config(data_dir, recipe, out, **({"time_budget": time_budget} if time_budget else {}), **extra)
     t0 = time.perf_counter()
     fitted = fit(cfg, split)
     tested = evaluate(cfg, split, fitted.best_checkpoint)
@@ -124,7 +135,7 @@ def data_memory(data_dir: Path, split: Path) -> dict:
 
     Path("/proc/self/clear_refs").write_text("5")  # restart the peak from the current RSS
     before = _proc_status("VmRSS")
-    dm = ImageDataModule.from_config(config(data_dir, "cpu-fast", OUT / "memory"), split)
+    dm = ImageDataModule.from_config(resolved(data_dir, "cpu-fast", OUT / "memory", split), split)
     dm.setup("fit")
     for _ in dm.train_dataloader():
         pass
@@ -150,7 +161,7 @@ def loading_speed(data_dir: Path, splits: dict[str, Path], batches: int = 60, pa
 
     from cifar_lit.data.datamodule import ImageDataModule
 
-    batch_size = config(data_dir, "cpu-fast", OUT / "loading").batch_size
+    batch_size = resolved(data_dir, "cpu-fast", OUT / "loading", splits["cpu-fast"]).batch_size
     speeds = {}
     for name, recipe in (("tutorial DataLoader", "seed"), ("fast path", "cpu-fast")):
         dm = ImageDataModule.from_config(config(data_dir, recipe, OUT / "loading", batch_size=batch_size), splits[recipe])
@@ -181,7 +192,7 @@ def lightning_vs_plain(data_dir: Path, split: Path, steps: int = 45, rounds: int
     from cifar_lit.data.datamodule import ImageDataModule
     from cifar_lit.train import build_classifier
 
-    cfg = config(data_dir, "cpu-fast", OUT / "overhead")
+    cfg = resolved(data_dir, "cpu-fast", OUT / "overhead", split)
     dm = ImageDataModule.from_config(cfg, split)
     dm.setup("fit")
 
@@ -502,6 +513,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="",
                         help="with --only budget: fixed budgets in seconds to add, e.g. 30,120,600")
     parser.add_argument("--time-budget", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)  # child fit: FIELD=VALUE
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose start-up (f) measures")
     parser.add_argument("--before", type=Path,
                         help="with --only startup: another checkout measured alongside, its runs taking turns with --root's")
@@ -509,7 +521,8 @@ def main() -> None:
     parser.add_argument("--split", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "fit":
-        print(json.dumps(fit_and_test(args.data_dir, args.recipe, args.split, args.time_budget)))
+        extra = dict(item.split("=", 1) for item in args.set)
+        print(json.dumps(fit_and_test(args.data_dir, args.recipe, args.split, args.time_budget, **extra)))
         return
     if args.child == "flow":
         print(json.dumps(flow_overhead(args.data_dir)))
