@@ -26,12 +26,24 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _choices(name: str, annotation) -> list[str] | None:
-    """The allowed values of a Literal (or Optional Literal) field, and the networks for --model."""
-    if name == "model" and annotation in (str, str | None):
-        from cifar_lit.models import known_models  # the names only: no torch
+def _registered(name: str) -> list[str] | None:
+    """The names a registry allows for ``name``: networks for --model, dataset formats for
+    --dataset (the names only: neither registry imports torch to list them)."""
+    if name == "model":
+        from cifar_lit.models import known_models
 
         return known_models()
+    if name == "dataset":
+        from cifar_lit.data.formats import known_formats
+
+        return known_formats()
+    return None
+
+
+def _choices(name: str, annotation) -> list[str] | None:
+    """The allowed values of a Literal (or Optional Literal) field, or of a registry's field."""
+    if annotation in (str, str | None) and (names := _registered(name)) is not None:
+        return names
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return [str(a) for a in args]

@@ -87,7 +87,7 @@ class TrainConfig(BaseModel):
         "auto", description="preset filling every field left unset; auto: gpu-fast on a GPU, else cpu-fast"
     )
     # data
-    dataset: Literal["cifar10", "cifar100", "imagefolder"] = Field("cifar10", description="which dataset")
+    dataset: str = Field("cifar10", description="dataset format from the format registry (cifar_lit.data.formats)")
     data_dir: Path = Field(Path("data"), description="CIFAR download root, or the image folder (DIR/train/<class>/*)")
     download_url: str | None = Field(
         None, description="mirror of the CIFAR archive, http(s):// or file:// (default: the official URL)"
@@ -251,6 +251,15 @@ class TrainConfig(BaseModel):
     def _not_cwd(cls, v: Path | None) -> Path | None:
         if v is not None and str(v).strip() in ("", "."):
             raise ValueError("must name a folder for this run, not the current directory")
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from cifar_lit.data.formats import known_formats  # the names only: no torch
+
+        if v not in known_formats():
+            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(known_formats())}")
         return v
 
     @field_validator("model")

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from cifar_lit.cli import build_parser, parse_config
 from cifar_lit.data import formats
 from cifar_lit.data.cifar import cifar_classes
 from cifar_lit.data.datamodule import ImageDataModule
@@ -115,6 +116,9 @@ def test_a_format_registered_in_one_place_is_used_by_every_stage(npz_format, tmp
     assert on_disk("npz", root) == hashlib.sha256((root / "images.npz").read_bytes()).hexdigest()
     assert on_disk("npz", tmp_path / "elsewhere") is None
     assert "npz" in formats.known_formats()
+    # The config and the command line take it from the registry: no list of names to extend.
+    assert parse_config(["--dataset", "npz", "--data-dir", str(root)]).dataset == "npz"
+    assert "{cifar10,cifar100,imagefolder,npz}" in build_parser().format_help()
     ref = prepare_data("npz", root)
     params = dict(dataset="npz", data_dir=root, download_url=None, download_md5=None, bad_images="skip")
     assert download_task._cache_key(None, params).startswith("download-")
