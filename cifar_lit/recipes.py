@@ -174,6 +174,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "data_path": "tensor",
         "patience": 0,
         "precision": "32-true",
+        # Image folders only (CIFAR is 32 px): MobileNetV3 and ResNet downsample 32x, so at 32 px
+        # their last feature map is 1x1 and ImageNet filters see objects far smaller than they
+        # were trained on (224 px). 128 px leaves 4x4 at 16x the pixels of 32; photos smaller
+        # than that are not enlarged beyond their median side. Not measured: no published
+        # weights could be downloaded where this was written.
+        "image_size": 128,
     },
 }
 
@@ -338,7 +344,7 @@ def _fit_to(config: TrainConfig, preset: dict[str, Any], data: DataSize, values:
             if value != recipe_value:
                 adapted[name] = (recipe_value, value)
     if config.image_size is None:
-        values["image_size"] = _image_size(config.dataset, data.median_side)
+        values["image_size"] = _image_size(config.dataset, data.median_side, preset.get("image_size"))
     return adapted
 
 
@@ -359,9 +365,17 @@ def resolve(config: TrainConfig, hardware: Hardware | None = None, data: DataSiz
     return plan(config, hardware, data).config
 
 
-def _image_size(dataset: str, median_side: int | None) -> int:
+def _image_size(dataset: str, median_side: int | None, recipe_size: int | None = None) -> int:
+    """32 for CIFAR; for an image folder the recipe's size (at most the photos' median shorter
+    side, at least 32), else ``default_image_size``.
+
+    >>> _image_size("cifar10", None, 128), _image_size("imagefolder", 480, 128), _image_size("imagefolder", 90, 128)
+    (32, 128, 90)
+    """
     if dataset != "imagefolder" or median_side is None:
         return 32
+    if recipe_size:
+        return max(32, min(recipe_size, median_side))
     from cifar_lit.data.imagefolder import default_image_size  # PIL and numpy: only for image folders
 
     return default_image_size(median_side)

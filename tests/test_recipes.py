@@ -188,3 +188,14 @@ def test_a_standalone_fit_on_a_small_folder_takes_the_adapted_batch(tmp_path):
     saved = ckpt["hyper_parameters"]["config"]
     assert (saved["batch_size"], saved["max_epochs"], saved["recipe"]) == (16, 1, "cpu-fast")
     assert ckpt["global_step"] == 4
+
+
+def test_the_transfer_recipe_trains_image_folders_at_a_size_its_backbone_suits(tmp_path):
+    folder = dict(recipe="transfer", dataset="imagefolder", data_dir=tmp_path, weights_file=None, pretrained=False)
+    photos = resolve(TrainConfig(**folder), CPU, DataSize(700, median_side=480))
+    assert photos.image_size == 128  # MobileNetV3's last feature map 4x4, not 1x1
+    assert resolve(TrainConfig(**folder), CPU, DataSize(700, median_side=90)).image_size == 90  # not enlarged
+    assert resolve(TrainConfig(**folder, image_size=64), CPU, DataSize(700, median_side=480)).image_size == 64
+    assert resolve(TrainConfig(recipe="transfer", pretrained=False), CPU, CIFAR).image_size == 32  # CIFAR: its own
+    assert resolve(TrainConfig(recipe="cpu-fast", dataset="imagefolder", data_dir=tmp_path), CPU,
+                   DataSize(700, median_side=480)).image_size == 32
