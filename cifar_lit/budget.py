@@ -66,8 +66,9 @@ class BudgetSchedule:
         return max(0.0, f0 * (self.total - step) / max(1, self.total - s0))
 
     def replan(self, step: int, total: int) -> None:
-        """From ``step`` on, the schedule ends at ``total`` (at least one more step)."""
-        total = max(int(total), step + 1)
+        """From ``step`` on, the schedule ends at ``total``; ``total`` at or before ``step``: out
+        of time, it ends at ``step`` (the fit stops there)."""
+        total = max(int(total), step)
         if total == self.total:
             return
         if not self.constant and (self.anchor is not None or step >= self.peak()):
@@ -81,24 +82,24 @@ class TimeBudget(Callback):
 
     ``first_guess``: the total until the first steps are measured (the recipe's epochs).
     ``warmup``/``constant``: the learning-rate schedule (``BudgetSchedule``); the module's
-    ``configure_optimizers`` takes it from this callback. ``spent``: seconds this fit already
-    used before a resume (restored from the checkpoint).
+    ``configure_optimizers`` takes it from this callback. ``spent``: seconds of the budget
+    already used (the machine probe's; after a resume, restored from the checkpoint).
     """
 
-    CALIBRATION_STEPS = 5  # measured steps before the first plan (after the first two, which warm up)
-    SKIPPED_STEPS = 2
+    CALIBRATION_STEPS = 5  # planned at every step until this many are measured; "first_plan" after
     WINDOW = 50  # steps whose mean time plans the rest: recent enough to follow a slowdown
     # Kept free at the end for what follows the last step and was not measured (the fit's own
     # teardown): 1% of the budget.
     RESERVE = 0.01
 
     def __init__(self, seconds: float, first_guess: int, warmup: float = 0.0, constant: bool = False,
-                 batch_size: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 batch_size: int | None = None, spent: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = float(seconds)
         self.clock = clock  # seconds, monotonic (a test drives its own)
         self.schedule = BudgetSchedule(first_guess, warmup, constant)
         self.batch_size = batch_size
-        self.spent = 0.0  # seconds of this budget used by earlier attempts (resume)
+        self.spent = spent
         self.start: float | None = None
         self.steps: deque[float] = deque(maxlen=self.WINDOW)
         self.seen = 0  # steps ended in this attempt
@@ -110,6 +111,11 @@ class TimeBudget(Callback):
         self.first_plan: int | None = None
         self.replans = 0
         self.every = 1
+
+    @staticmethod
+    def of(trainer) -> TimeBudget | None:
+        """The trainer's time budget, if it has one."""
+        return next((cb for cb in trainer.callbacks if isinstance(cb, TimeBudget)), None)
 
     # ---- the clock ------------------------------------------------------------------------
 
@@ -145,16 +151,27 @@ class TimeBudget(Callback):
             gap = now - self.last_end
             if self.crossed and self.steps:  # a step plus the end of an epoch
                 self.epoch_end.append(max(0.0, gap - self.step_seconds()))
-            elif not self.crossed and self.seen > self.SKIPPED_STEPS:
+            elif not self.crossed and self.seen > 1:  # not the first two steps: they also warm up
                 self.steps.append(gap)
         self.crossed = False
         self.last_end = now
         self.seen += 1
         step = trainer.global_step
-        if len(self.steps) >= self.CALIBRATION_STEPS and (self.first_plan is None or step % self.every == 0):
+        if self.steps and self._plan_now(trainer, step):
             self._plan(trainer, step)
         if step >= self.schedule.total:
             trainer.should_stop = True
+
+    def _plan_now(self, trainer, step: int) -> bool:
+        """Every ``every`` steps; with one process also at every step while calibrating (a slow
+        network must not run past its budget before the first plan) and near the end (a
+        slowdown there is caught at once). Several processes (DDP) plan on the cadence only:
+        each plan is a collective (a broadcast) that all of them must reach on the same step."""
+        if step % self.every == 0:
+            return True
+        if trainer.world_size > 1:
+            return False
+        return len(self.steps) < self.CALIBRATION_STEPS or self.left() < 2 * self.every * self.step_seconds()
 
     # ---- the plan -------------------------------------------------------------------------
 

@@ -177,10 +177,8 @@ def time_budget(config: TrainConfig, steps_per_epoch: int, spent: float = 0.0) -
     if config.time_budget is None:
         return None
     guess = RECIPES[config.recipe]["max_epochs"] * steps_per_epoch
-    budget = TimeBudget(config.time_budget, guess, warmup=config.warmup or 0.0,
-                        constant=config.lr_schedule == "constant", batch_size=config.batch_size)
-    budget.spent = spent
-    return budget
+    return TimeBudget(config.time_budget, guess, warmup=config.warmup or 0.0, constant=config.lr_schedule == "constant",
+                      batch_size=config.batch_size, spent=spent)
 
 
 def resolved_for(config: TrainConfig, split_file: Path) -> TrainConfig:
@@ -296,10 +294,9 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     model = load_classifier(Path(checkpoint))
     # A pretrained model's inputs are normalised as its checkpoint records (its weights' own
     # statistics), not by the data module's default.
-    # Tested at the image size it was trained at, as its checkpoint records it.
-    # The machine's choices (cifar_lit.probe) as the fit made them: its checkpoint records them.
-    chosen = {name: model.hparams.config.get(name) for name in probe.wants_probe(config)}
-    config = config.model_copy(update=chosen)
+    # Tested at the image size it was trained at, and with the machine's choices
+    # (cifar_lit.probe) the fit made, as its checkpoint records them.
+    config = config.model_copy(update={name: model.hparams.config.get(name) for name in probe.wants_probe(config)})
     sized = config.model_copy(update={"image_size": model.hparams.image_size})
     dm = ImageDataModule.from_config(sized, split_file,
                                      (model.hparams.mean, model.hparams.std) if starts_pretrained(config) else None)

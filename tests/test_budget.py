@@ -49,9 +49,16 @@ def simulate(step_s, budget=60.0, per_epoch=100, end_s=1.0, world_size=1):
     Returns (steps trained, seconds the fit took, the callback)."""
     clock = FakeClock()
     tb = TimeBudget(budget, first_guess=4 * per_epoch, warmup=0.2, batch_size=256, clock=clock)
+    planned_at = []  # the steps a plan was made at (each plan is one broadcast)
+
+    def broadcast(value, src=0):
+        planned_at.append(trainer.global_step)
+        return value
+
     trainer = SimpleNamespace(global_step=0, num_training_batches=per_epoch, num_val_batches=[5],
                               enable_validation=True, sanity_checking=True, world_size=world_size,
-                              strategy=SimpleNamespace(broadcast=lambda value, src=0: value), should_stop=False)
+                              strategy=SimpleNamespace(broadcast=broadcast), should_stop=False)
+    tb.planned_at = planned_at
     tb.setup(trainer, None, "fit")
     for i in range(2):  # the sanity check's two validation batches: the first one slower
         tb.on_validation_batch_start(trainer, None, None, i)
@@ -94,10 +101,26 @@ def test_a_machine_that_slows_down_replans_and_still_ends_on_time():
     assert faster > 1.2 * tb.first_plan and 0.97 * 60 <= took <= 60
 
 
+def test_a_slowdown_near_the_end_is_caught_at_once():
+    # 4x slower for the last seconds: planned at every step near the end, not every 25th.
+    steps, took, tb = simulate(lambda step: 0.1 if step < 480 else 0.4)
+    assert took <= 60 and steps < tb.first_plan and tb.schedule(steps) == 0.0
+
+
+def test_steps_too_slow_to_calibrate_still_end_on_time():
+    # Each step takes more than an eighth of the budget: planned from the first measured step.
+    steps, took, tb = simulate(lambda step: 4.0, budget=30.0)
+    assert 0.75 * 30 <= took <= 30 and tb.schedule(steps) == 0.0
+
+
 def test_several_processes_plan_on_the_same_steps():
-    # DDP: a plan is a broadcast, so it happens on a fixed cadence only; still on time.
+    # DDP: a plan is a broadcast, so every process must make it on the same step: on the fixed
+    # cadence only, never on a timing of its own; still on time.
     steps, took, tb = simulate(lambda step: 0.1, world_size=2)
-    assert tb.every == 25 and 0.95 * 60 <= took <= 60
+    assert tb.every == 25 and all(step % 25 == 0 for step in tb.planned_at) and len(tb.planned_at) > 10
+    assert 0.95 * 60 <= took <= 60
+    _, _, alone = simulate(lambda step: 0.1)
+    assert any(step % 25 for step in alone.planned_at)  # one process also plans in between
 
 
 def test_the_decay_restarts_from_the_current_rate_when_the_total_changes():
@@ -140,9 +163,14 @@ def test_the_summary_says_what_the_budget_chose():
     fit = {"metrics": {}, "epochs_completed": 8, "fit_seconds": 179.0, "best_checkpoint": "b", "last_checkpoint": "l",
            "budget": chose}
     test = {"metrics": {"test_acc": 0.85}, "per_class": []}
+    probed = {"precision": "32-true", "channels_last": True, "threads": 2, "seconds": 2.2, "cached": False,
+              "images_per_second": {"32-true, contiguous, 2 threads": 864.0, "32-true, channels_last, 2 threads": 1100.2}}
+    fit["probe"] = probed
     summary = build_summary(TrainConfig(recipe="cpu-fast", time_budget="3m"), fit, test, "fp", {"mode": "disabled"})
-    assert summary["budget"] == chose and summary["config"]["time_budget"] == 180.0
-    assert "**Time budget**: 180 s: 1400 steps (8.0 epochs) at 711 images/s measured" in summary_markdown(summary)
+    assert summary["budget"] == chose and summary["config"]["time_budget"] == 180.0 and summary["probe"] == probed
+    shown = summary_markdown(summary)
+    assert "**Time budget**: 180 s: 1400 steps (8.0 epochs) at 711 images/s measured" in shown
+    assert "**Machine**: 32-true, channels_last, 2 threads (timed on this machine in 2.2 s)" in shown
 
 
 class Crash(Callback):
