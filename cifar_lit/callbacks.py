@@ -112,7 +112,7 @@ class EpochHookCallback(Callback):
         if trainer.is_global_zero:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
             # Under a time budget the epoch count is the one planned so far.
-            budget = next((cb for cb in trainer.callbacks if isinstance(cb, TimeBudget)), None)
+            budget = TimeBudget.of(trainer)
             total = budget.planned_epochs(trainer) if budget is not None else trainer.max_epochs
             self.hook(trainer.current_epoch + 1, max(total, trainer.current_epoch + 1), metrics)
 

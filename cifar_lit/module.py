@@ -140,7 +140,7 @@ class LitClassifier(L.LightningModule):
         # Under a time budget (cifar_lit.budget.TimeBudget) the total is planned while training.
         from cifar_lit.budget import TimeBudget  # here: it imports this module's triangular
 
-        budget = next((cb for cb in self.trainer.callbacks if isinstance(cb, TimeBudget)), None)
+        budget = TimeBudget.of(self.trainer)
         if budget is not None:
             optimizer, schedule = self.build_optimizer(budget.schedule.total, budget.schedule)
         else:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cifar_lit.atomic import write_json_atomic
-from cifar_lit.recipes import PROBE, RECIPES, cpu_has_amx
+from cifar_lit.recipes import PROBE, RECIPES, wants_gpu
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,11 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
     model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
     flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
     return model, set(flags)
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU reports AMX bf16 tiles (Linux; False where that cannot be read)."""
+    return "amx_bf16" in cpu_flags(cpuinfo)[1]
 
 
 def cpus() -> int:
@@ -221,8 +226,7 @@ def apply(config, num_classes: int) -> tuple[Any, Probed | None]:
     if not fields:
         return config, None
     distributed = config.strategy.startswith("ddp") or config.num_nodes > 1
-    device = "cuda" if config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto"
-                                                                    and torch.cuda.is_available()) else "cpu"
+    device = "cuda" if wants_gpu(config.accelerator) else "cpu"
     if distributed:
         found, probed = Choice("bf16-mixed" if cpu_has_amx() else "32-true", True, torch.get_num_threads()), None
     else:

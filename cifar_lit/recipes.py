@@ -209,13 +209,6 @@ def gpu_driver_loaded() -> bool:
         return True
     return any(Path(p).exists() for p in GPU_DRIVER_PATHS)
 
-def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU reports AMX bf16 tiles (Linux; False where that cannot be read)."""
-    try:
-        return "amx_bf16" in cpuinfo.read_text().split()
-    except OSError:
-        return False
-
 
 # Filled in only once the data's size is known (step 2 above).
 DATA_FIELDS = ("batch_size", "max_epochs", "image_size")

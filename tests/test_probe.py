@@ -65,6 +65,26 @@ def test_values_the_user_gave_are_kept(monkeypatch, tmp_path):
     assert probe.apply(resolve(TrainConfig(recipe="seed")), num_classes=10)[1] is None  # a recipe that fixes both
 
 
+def test_half_the_threads_are_a_candidate_only_on_four_cpus_or_more(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(probe, "cpus", lambda: 8)
+    assert {c.threads for c in probe.candidates("cpu", {})} == {8, 4}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's thread count is kept
+    assert {c.threads for c in probe.candidates("cpu", {})} == {torch.get_num_threads()}
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(probe, "cpus", lambda: 2)
+    assert {c.threads for c in probe.candidates("cpu", {})} == {torch.get_num_threads()}
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    assert probe.cpu_has_amx(info)
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16\n")  # bf16 vector instructions alone are not enough
+    assert not probe.cpu_has_amx(info)
+    assert not probe.cpu_has_amx(tmp_path / "missing")
+
+
 def test_bf16_is_a_candidate_only_where_the_cpu_computes_it(monkeypatch):
     monkeypatch.setattr(probe, "cpu_flags", lambda: ("AMD EPYC", {"avx2", "fma"}))
     monkeypatch.setattr(probe, "cpu_has_amx", lambda: False)
@@ -80,12 +100,17 @@ def test_a_distributed_fit_takes_the_fixed_rule_instead(monkeypatch, tmp_path):
     assert found is None and config.channels_last is True and config.precision in ("32-true", "bf16-mixed")
 
 
-def test_a_fit_uses_and_records_the_probe_and_its_test_reuses_it(make_config, monkeypatch):
+def test_a_fit_uses_and_records_the_probe_and_its_test_reuses_it(make_config, monkeypatch, tmp_path):
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path / "probe-cache"))
     cfg = make_config(recipe="cpu-fast", batch_size=32, max_epochs=1, val_size=0, tta=0)
     assert cfg.precision is None and cfg.channels_last is None
     ImageDataModule.from_config(cfg).setup("fit")
     fitted = train.fit(cfg, cfg.out / "split.json")
-    assert fitted.probe["images_per_second"] and fitted.probe["cached"] in (False, True)
+    # The fastest candidate measured is the one used (a fresh cache: timed in this fit).
+    rates = fitted.probe["images_per_second"]
+    assert not fitted.probe["cached"] and len(rates) == len(probe.candidates("cpu", {}))
+    assert max(rates, key=rates.get) == probe.words(probe.Choice(fitted.probe["precision"],
+                                                                  fitted.probe["channels_last"], fitted.probe["threads"]))
     saved = torch.load(fitted.last_checkpoint, weights_only=False, map_location="cpu")["hyper_parameters"]["config"]
     assert (saved["precision"], saved["channels_last"]) == (fitted.probe["precision"], fitted.probe["channels_last"])
     monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("the test step probed again"))

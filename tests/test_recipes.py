@@ -55,7 +55,6 @@ def test_validation_probes_no_hardware_and_no_disk(monkeypatch, tmp_path):
         raise AssertionError("validation probed the hardware")
 
     monkeypatch.setattr(recipes, "wants_gpu", probe)
-    monkeypatch.setattr(recipes, "cpu_has_amx", probe)
     c = TrainConfig(dataset="imagefolder", data_dir=tmp_path / "not-here", recipe="cpu-fast")
     assert TrainConfig(**c.as_dict()) == c
 
@@ -107,12 +106,6 @@ def test_cpu_recipes_leave_precision_and_memory_format_to_the_machine(tmp_path):
     given = resolve(TrainConfig(recipe="cpu-fast", precision="32-true", channels_last=False), CPU, CIFAR)
     assert (given.precision, given.channels_last) == ("32-true", False)
     assert resolve(TrainConfig(recipe="gpu-fast"), GPU, CIFAR).precision == "bf16-mixed"
-    info = tmp_path / "cpuinfo"
-    info.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
-    assert recipes.cpu_has_amx(info)
-    info.write_text("flags\t\t: fpu avx512f avx512_bf16\n")  # bf16 vector instructions alone are not enough
-    assert not recipes.cpu_has_amx(info)
-    assert not recipes.cpu_has_amx(tmp_path / "missing")
 
 
 def test_fast_recipes_quote_lr_per_1024_examples():
