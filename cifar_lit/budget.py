@@ -9,7 +9,9 @@ left, and set again every few steps, so a machine that slows down (another job s
 gets a shorter or longer schedule. An end of an epoch costs more than a step (validation, the
 checkpoint, the loader starting again): that cost is measured too, first from the sanity check's
 validation batches, then at each end of an epoch, and kept out of the time the steps may take.
-The fit stops at the planned step, with a final validation and checkpoint.
+The fit stops at the planned step, with a final validation and checkpoint. With an epoch count
+too (``--max-epochs``, or ``--time-budget auto``'s cap), the plan never goes past it: on a fast
+machine or small data the fit ends there, sooner than the budget.
 
 When the total changes after the warm-up, the decay starts again from the learning rate of that
 step and reaches 0 at the new total: the rate never jumps (``BudgetSchedule``).
@@ -83,7 +85,8 @@ class TimeBudget(Callback):
     ``first_guess``: the total until the first steps are measured (the recipe's epochs).
     ``warmup``/``constant``: the learning-rate schedule (``BudgetSchedule``); the module's
     ``configure_optimizers`` takes it from this callback. ``spent``: seconds of the budget
-    already used (the machine probe's; after a resume, restored from the checkpoint).
+    already used (the machine probe's; after a resume, restored from the checkpoint). ``most``:
+    the most steps to plan (``--max-epochs`` with a budget), however much time is left.
     """
 
     CALIBRATION_STEPS = 5  # planned at every step until this many are measured; "first_plan" after
@@ -93,9 +96,10 @@ class TimeBudget(Callback):
     RESERVE = 0.01
 
     def __init__(self, seconds: float, first_guess: int, warmup: float = 0.0, constant: bool = False,
-                 batch_size: int | None = None, spent: float = 0.0,
+                 batch_size: int | None = None, spent: float = 0.0, most: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = float(seconds)
+        self.most = most
         self.clock = clock  # seconds, monotonic (a test drives its own)
         self.schedule = BudgetSchedule(first_guess, warmup, constant)
         self.batch_size = batch_size
@@ -205,7 +209,7 @@ class TimeBudget(Callback):
         left = self.left() - self.RESERVE * self.seconds
         more = self.steps_that_fit(step, max(1, trainer.num_training_batches), left, self.step_seconds(),
                                    self.end_seconds(trainer))
-        total = trainer.strategy.broadcast(step + more, src=0)
+        total = trainer.strategy.broadcast(min(step + more, self.most or step + more), src=0)
         if self.first_plan is not None and total != self.schedule.total:
             self.replans += 1
         self.schedule.replan(step, total)
@@ -223,6 +227,9 @@ class TimeBudget(Callback):
         step_s = self.step_seconds() if self.steps else None
         return {
             "seconds": self.seconds,
+            "max_steps": self.most,
+            # What ended the fit: the time, or the epoch cap (--max-epochs; --time-budget auto's).
+            "ended_by": "epochs" if self.most is not None and steps >= self.most else "time",
             "steps": steps,
             "epochs": round(steps / per_epoch, 2) if per_epoch else None,
             "first_plan_steps": self.first_plan,

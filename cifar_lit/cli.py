@@ -47,9 +47,9 @@ def _choices(name: str, annotation) -> list[str] | None:
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return [str(a) for a in args]
-    for arg in args:
-        if typing.get_origin(arg) is typing.Literal:
-            return [str(a) for a in typing.get_args(arg)]
+    literals = [arg for arg in args if arg is not type(None)]
+    if literals and all(typing.get_origin(arg) is typing.Literal for arg in literals):  # not a number or "auto"
+        return [str(a) for arg in literals for a in typing.get_args(arg)]
     return None
 
 
@@ -58,6 +58,8 @@ def _default_text(model: type[BaseModel], name: str, default) -> str | None:
         return "0 in the fast recipes, else 5000 for CIFAR, 0.1 for image folders"
     if model is TrainConfig and name in ("batch_size", "max_epochs"):
         return "from --recipe; smaller batches and more epochs on small datasets"
+    if model is TrainConfig and name == "time_budget":
+        return "auto with --recipe auto and no --max-epochs, else none"
     if model is TrainConfig and name in RECIPE_FIELDS:
         return "from --recipe"
     if default is None or isinstance(default, bool):  # a switch off by default needs no note

@@ -19,11 +19,15 @@ import re
 import secrets
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator, model_validator
 
-from cifar_lit.recipes import TORCHVISION_NETS  # noqa: F401 - re-exported: train.py imports it from here
+from cifar_lit.recipes import (
+    BUDGET_EPOCHS,
+    DEFAULT_BUDGET,
+    TORCHVISION_NETS,  # noqa: F401 - re-exported: train.py imports it from here
+)
 from cifar_lit.redact import public_url
 
 CIFAR_TRAIN_SIZE = 50_000
@@ -150,10 +154,14 @@ class TrainConfig(BaseModel):
     )
     warmup: float | None = Field(None, ge=0, lt=1, description="fraction of steps spent warming up")
     tta: int | None = Field(None, ge=0, le=2, description="test-time augmentation: 0 none, 1 flip, 2 flip + 1px shifts")
-    time_budget: float | None = Field(
-        None, gt=0,
+    # "auto": the device class's default (cifar_lit.recipes.DEFAULT_BUDGET), filled in with the
+    # data's size; the auto recipe's default when neither this nor max_epochs is given.
+    time_budget: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(
+        None,
         description="fit within this wall time, e.g. 90s, 3m or 1h30m, ending the learning-rate schedule on time "
-        "(the steps are planned from the measured speed); instead of --max-epochs",
+        "(the steps are planned from the measured speed); with --max-epochs, at most that many epochs; "
+        f"auto: {DEFAULT_BUDGET['cpu']:g} s on a CPU, {DEFAULT_BUDGET['gpu']:g} s on a GPU, at most "
+        f"{BUDGET_EPOCHS}x the recipe's epochs (the auto recipe's default)",
     )
     max_time: str | None = Field(None, description="stop fitting after DD:HH:MM:SS (Lightning's max_time)")
     # hardware
@@ -228,7 +236,14 @@ class TrainConfig(BaseModel):
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
-        return parse_duration(v) if isinstance(v, str) else v
+        if isinstance(v, str):
+            if v.strip().lower() == "auto":
+                return "auto"
+            try:
+                return parse_duration(v)
+            except ValueError as e:
+                raise ValueError(f"{e} (or auto)") from None
+        return v
 
     @field_validator("max_time")
     @classmethod
@@ -284,9 +299,6 @@ class TrainConfig(BaseModel):
             raise ValueError("resume: name the run to continue with --output-dir")
         if (self.download_url is None) != (self.download_md5 is None) and self.dataset != "imagefolder":
             raise ValueError("download_md5: a mirror needs both --download-url and --download-md5")
-        if self.time_budget is not None and self.max_epochs is not None:
-            raise ValueError("time_budget: the budget decides how many epochs fit; give --time-budget or --max-epochs, "
-                             "not both")
         if self.weights_file is not None and not self.weights_file.is_file():
             raise ValueError(f"weights_file: {self.weights_file} is not a file")
         return self
@@ -335,12 +347,13 @@ class TrainConfig(BaseModel):
         """True once ``cifar_lit.recipes.resolve`` has filled in every recipe field, the data's included."""
         from cifar_lit.recipes import DATA_FIELDS, PROBE, RECIPE_FIELDS, RECIPES
 
-        # Under a time budget no epoch count is chosen: the budget plans the steps. What the
-        # recipe leaves to the machine is chosen when the fit starts (cifar_lit.probe).
+        # Under a time budget an epoch count is only a cap, and an explicit budget has none: the
+        # budget plans the steps. What the recipe leaves to the machine is chosen when the fit
+        # starts (cifar_lit.probe).
         preset = RECIPES.get(self.recipe, {})
         fields = [n for n in (*RECIPE_FIELDS, *DATA_FIELDS)
                   if not (n == "max_epochs" and self.time_budget) and preset.get(n) != PROBE]
-        return self.recipe != "auto" and self.val_size is not None and all(
+        return self.recipe != "auto" and self.time_budget != "auto" and self.val_size is not None and all(
             getattr(self, name) is not None for name in fields)
 
     def effective(self, by_content: bool = True) -> dict[str, Any]:

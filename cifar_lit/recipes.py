@@ -213,6 +213,17 @@ def gpu_driver_loaded() -> bool:
 # Filled in only once the data's size is known (step 2 above).
 DATA_FIELDS = ("batch_size", "max_epochs", "image_size")
 
+# ``--time-budget auto``, the ``auto`` recipe's default when neither a budget nor an epoch count
+# is given: the wall time of a fit per device class, and at most BUDGET_EPOCHS times the recipe's
+# epochs (fitted to small data like any epoch count, so a few hundred photos still stop after
+# their ~400 steps, in seconds). On the 2-core EPYC (AVX2) 3 minutes are about 4.5 epochs of
+# cpu-fast and 84% on CIFAR-10 (README, Performance, (g)); a faster CPU trains more epochs in them,
+# a slower one fewer, and every one ends on time. 4x cpu-fast's 4 epochs is as long as it was
+# measured (87.4% at 16 epochs, 10 minutes there). The GPU's minute is not measured: gpu-fast's 10
+# epochs are expected to take seconds on a current GPU, so there its 40 epochs end it.
+DEFAULT_BUDGET = {"cpu": 180.0, "gpu": 60.0}
+BUDGET_EPOCHS = 4
+
 # Small-data rule (fit_to_data). On clothing5 (723 training photos, 5 classes, cpu-fast at
 # 32 px), the recipe's 12 steps reached 49.0%. With the rule (batch 32, 418 steps): 92.3% for
 # seeds 42 and 1; at 616 steps 91.8% and 93.3%. On dress vs t-shirt (300 photos): 414 steps
@@ -271,7 +282,8 @@ class Plan:
         c = self.config
         steps = max(1, self.n_train // c.batch_size)
         changes = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in self.adapted.items())
-        total = f"{steps * c.max_epochs} in all" if c.max_epochs else "as many as the time budget allows"
+        total = ("as many as the time budget allows" if not c.max_epochs else
+                 f"at most {steps * c.max_epochs} in all" if c.time_budget else f"{steps * c.max_epochs} in all")
         return f"small dataset ({self.n_train} training images): {changes} ({steps} steps per epoch, {total})"
 
 
@@ -303,6 +315,8 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     if recipe == "auto":
         hardware = hardware or Hardware.detect(config.accelerator)
         recipe = values["recipe"] = "gpu-fast" if hardware.gpu else "cpu-fast"
+        if config.time_budget is None and config.max_epochs is None:
+            values["time_budget"] = "auto"  # its seconds and epoch cap once the data is known
     preset = RECIPES[recipe]
     for name, value in preset.items():
         if name in DATA_FIELDS or getattr(config, name) is not None:
@@ -313,7 +327,7 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     if config.val_size is None and "val_size" not in values:
         values["val_size"] = 0.1 if config.dataset == "imagefolder" else 5000
     _check(config, values)
-    adapted = _fit_to(config, preset, data, values) if data is not None else {}
+    adapted = _fit_to(config, preset, data, values, hardware) if data is not None else {}
     resolved = config.model_copy(update=values) if values else config
     result = Plan(resolved, adapted, data.n_train if data else None)
     if adapted:
@@ -321,17 +335,24 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     return result
 
 
-def _fit_to(config: TrainConfig, preset: dict[str, Any], data: DataSize, values: dict[str, Any]) -> dict[str, tuple]:
-    """Fills ``values`` with the data's batch size, epochs and image size; returns what
-    ``fit_to_data`` changed from the recipe: field -> (recipe's value, chosen)."""
+def _fit_to(config: TrainConfig, preset: dict[str, Any], data: DataSize, values: dict[str, Any],
+            hardware: Hardware | None) -> dict[str, tuple]:
+    """Fills ``values`` with the data's batch size, epochs and image size, and an ``auto`` time
+    budget's seconds and epoch cap; returns what ``fit_to_data`` changed from the recipe:
+    field -> (recipe's value, chosen)."""
     adapted: dict[str, tuple[Any, Any]] = {}
     batch, epochs = config.batch_size, config.max_epochs
-    chosen = fit_to_data(batch or preset["batch_size"], epochs or preset["max_epochs"], data.n_train,
+    budget = values.get("time_budget", config.time_budget)
+    if budget == "auto":
+        hardware = hardware or Hardware.detect(config.accelerator)
+        values["time_budget"] = DEFAULT_BUDGET["gpu" if hardware.gpu else "cpu"]
+    recipe_epochs = preset["max_epochs"] * (BUDGET_EPOCHS if budget == "auto" else 1)
+    chosen = fit_to_data(batch or preset["batch_size"], epochs or recipe_epochs, data.n_train,
                          batch_given=batch is not None, epochs_given=epochs is not None)
     for name, recipe_value, value, given in (("batch_size", preset["batch_size"], chosen[0], batch),
-                                             ("max_epochs", preset["max_epochs"], chosen[1], epochs)):
-        if name == "max_epochs" and config.time_budget is not None:
-            continue  # the budget decides the length (cifar_lit.budget)
+                                             ("max_epochs", recipe_epochs, chosen[1], epochs)):
+        if name == "max_epochs" and budget not in (None, "auto"):
+            continue  # a budget given in seconds decides the length alone (cifar_lit.budget)
         if given is None:
             values[name] = value
             if value != recipe_value:

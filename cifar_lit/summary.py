@@ -111,12 +111,17 @@ def budget_line(budget: dict[str, Any] | None) -> str | None:
 
     >>> budget_line({"seconds": 180.0, "steps": 1400, "epochs": 8.0, "images_per_second": 710.3, "replans": 3})
     '**Time budget**: 180 s: 1400 steps (8.0 epochs) at 710 images/s measured, re-planned 3 times'
+    >>> budget_line({"seconds": 60.0, "max_steps": 88, "ended_by": "epochs", "steps": 88, "epochs": 4.0,
+    ...              "images_per_second": 90.0, "replans": 0})
+    '**Time budget**: 60 s, at most 88 steps: 88 steps (4.0 epochs) at 90 images/s measured, re-planned 0 times; the cap ended it'
     """
     if not budget:
         return None
+    cap = f", at most {budget['max_steps']} steps" if budget.get("max_steps") else ""
     speed = f" at {budget['images_per_second']:.0f} images/s measured" if budget.get("images_per_second") else ""
-    return (f"**Time budget**: {budget['seconds']:g} s: {budget['steps']} steps ({budget['epochs']} epochs){speed}, "
-            f"re-planned {budget['replans']} times")
+    ended = "; the cap ended it" if budget.get("ended_by") == "epochs" else ""
+    return (f"**Time budget**: {budget['seconds']:g} s{cap}: {budget['steps']} steps ({budget['epochs']} epochs){speed}, "
+            f"re-planned {budget['replans']} times{ended}")
 
 
 def probe_line(probe: dict[str, Any] | None) -> str | None:

@@ -75,7 +75,8 @@ def checkpoint_dir(config: TrainConfig) -> Path:
 
 def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, **overrides) -> L.Trainer:
     kwargs = dict(
-        max_epochs=-1 if config.time_budget else config.max_epochs,  # a budget's plan stops the fit
+        # A budget's plan stops the fit; an epoch count with it is only a cap.
+        max_epochs=(config.max_epochs or -1) if config.time_budget else config.max_epochs,
         max_time=config.max_time,
         accelerator=config.accelerator,
         devices=config.devices,
@@ -171,14 +172,16 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
 
 
 def time_budget(config: TrainConfig, steps_per_epoch: int, spent: float = 0.0) -> TimeBudget | None:
-    """The callback that plans the fit's steps for ``config.time_budget`` (None without one).
-    Until the first steps are timed, the schedule assumes the recipe's own epoch count.
-    ``spent``: seconds of the budget already used (the machine probe's)."""
+    """The callback that plans the fit's steps for ``config.time_budget`` (None without one),
+    at most ``config.max_epochs`` epochs of them when that is set. Until the first steps are
+    timed, the schedule assumes the recipe's own epoch count. ``spent``: seconds of the budget
+    already used (the machine probe's)."""
     if config.time_budget is None:
         return None
+    most = config.max_epochs * steps_per_epoch if config.max_epochs else None
     guess = RECIPES[config.recipe]["max_epochs"] * steps_per_epoch
-    return TimeBudget(config.time_budget, guess, warmup=config.warmup or 0.0, constant=config.lr_schedule == "constant",
-                      batch_size=config.batch_size, spent=spent)
+    return TimeBudget(config.time_budget, min(guess, most or guess), warmup=config.warmup or 0.0,
+                      constant=config.lr_schedule == "constant", batch_size=config.batch_size, spent=spent, most=most)
 
 
 def resolved_for(config: TrainConfig, split_file: Path) -> TrainConfig:

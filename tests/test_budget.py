@@ -43,12 +43,12 @@ class FakeClock:
         return self.now
 
 
-def simulate(step_s, budget=60.0, per_epoch=100, end_s=1.0, world_size=1):
+def simulate(step_s, budget=60.0, per_epoch=100, end_s=1.0, world_size=1, most=None):
     """TimeBudget driven through Lightning's hooks by a fake trainer and clock: each step takes
     ``step_s(step)`` seconds, each end of an epoch (and the fit's last validation) ``end_s``.
     Returns (steps trained, seconds the fit took, the callback)."""
     clock = FakeClock()
-    tb = TimeBudget(budget, first_guess=4 * per_epoch, warmup=0.2, batch_size=256, clock=clock)
+    tb = TimeBudget(budget, first_guess=4 * per_epoch, warmup=0.2, batch_size=256, clock=clock, most=most)
     planned_at = []  # the steps a plan was made at (each plan is one broadcast)
 
     def broadcast(value, src=0):
@@ -143,15 +143,38 @@ def test_steps_that_fit_leave_time_for_the_ends_of_epochs():
     assert b.steps_that_fit(step=0, per_epoch=30, left=0.5, step_s=0.1, end_s=1.0) == 0
 
 
-def test_a_budget_and_an_epoch_count_together_are_a_one_line_error(capsys):
+def test_durations_and_auto_parse_and_anything_else_is_a_one_line_error(capsys):
+    assert parse_config(["--time-budget", "1h30m"]).time_budget == 5400
+    assert parse_config(["--time-budget", "auto"]).time_budget == "auto"
     with pytest.raises(SystemExit) as e:
-        parse_config(["--time-budget", "3m", "--max-epochs", "3"], prog="train_flow.py")
+        parse_config(["--time-budget", "3 minutes"], prog="train_flow.py")
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--time-budget" in err and "--max-epochs" in err, err
-    with pytest.raises(SystemExit):
-        parse_config(["--time-budget", "3 minutes"], prog="train_flow.py")
-    assert "--time-budget: " in capsys.readouterr().err and parse_config(["--time-budget", "1h30m"]).time_budget == 5400
+    assert err.count("\n") == 0 and err.startswith("train_flow.py: error: --time-budget: ") and "auto" in err, err
+
+
+def test_with_an_epoch_count_the_budget_plans_no_more_than_those_epochs():
+    # 0.1 s a step, 60 s: about 500 steps fit. A cap of 3 epochs (300 steps) ends the fit there,
+    # with the schedule completed on its last step; a cap the time cannot reach changes nothing.
+    steps, took, tb = simulate(lambda k: 0.1, budget=60.0, most=300)
+    assert steps == tb.schedule.total == 300 and tb.schedule(steps) == 0.0 and took < 40
+    assert tb.report()["ended_by"] == "epochs" and tb.report()["max_steps"] == 300
+    free, _, _ = simulate(lambda k: 0.1, budget=60.0)
+    steps, took, tb = simulate(lambda k: 0.1, budget=60.0, most=10_000)
+    assert steps == free < 10_000 and took <= 60.0 and tb.report()["ended_by"] == "time"
+
+
+def test_a_real_fit_with_a_budget_and_an_epoch_count_stops_at_the_epochs(make_config):
+    cfg = make_config(time_budget=120, max_epochs=2, lr_schedule="triangular", warmup=0.2, prediction_samples=0,
+                      wandb_mode="disabled")
+    ImageDataModule.from_config(cfg).setup("fit")
+    result = train.fit(cfg, cfg.out / "split.json")
+    last = torch.load(result.last_checkpoint, weights_only=False, map_location="cpu")
+    (schedule,) = last["lr_schedulers"]
+    # 160 images in batches of 16: 10 steps an epoch, 20 in all, the schedule at 0 after the last.
+    assert last["global_step"] == result.budget["steps"] == result.budget["max_steps"] == 20
+    assert schedule["_last_lr"] == [0.0, 0.0] and result.epochs_completed == 2
+    assert result.budget["ended_by"] == "epochs" and result.fit_seconds < 60  # did not wait out the budget
 
 
 def test_the_summary_says_what_the_budget_chose():

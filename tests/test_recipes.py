@@ -161,6 +161,58 @@ def test_the_adaptation_is_said_in_one_line_and_in_the_summary_block():
         "adapted": {"batch_size": {"recipe": 256, "chosen": 32}, "max_epochs": {"recipe": 4, "chosen": 20}}}
 
 
+# ---- auto's time budget -------------------------------------------------------------------
+
+def test_auto_trains_to_its_device_class_budget_and_at_most_4x_the_recipes_epochs():
+    c = resolve(TrainConfig(), CPU)
+    assert c.time_budget == "auto" and not c.is_resolved  # seconds and cap once the data is known
+    c = resolve(c, CPU, CIFAR)
+    assert (c.recipe, c.time_budget, c.max_epochs) == ("cpu-fast", 180.0, 16) and c.is_resolved
+    assert recipes.DEFAULT_BUDGET == {"cpu": 180.0, "gpu": 60.0} and recipes.BUDGET_EPOCHS == 4  # as the README says
+    g = resolve(resolve(TrainConfig(), GPU), GPU, CIFAR)
+    assert (g.recipe, g.time_budget, g.max_epochs) == ("gpu-fast", 60.0, 40)
+    # A few hundred photos: the cap is fitted to the data like any epoch count, so the fit ends
+    # after its ~400 steps (seconds) instead of training the whole budget.
+    p = plan(resolve(TrainConfig(), CPU), CPU, DataSize(723))
+    assert (p.config.batch_size, p.config.max_epochs, p.config.time_budget) == (32, 19, 180.0)
+    assert p.describe().endswith("(22 steps per epoch, at most 418 in all)")
+
+
+def test_an_epoch_count_or_a_budget_given_replaces_autos_budget():
+    assert resolve(TrainConfig(max_epochs=4), CPU, CIFAR).time_budget is None  # a fixed, reproducible length
+    assert resolve(TrainConfig(recipe="cpu-fast"), CPU, CIFAR).time_budget is None  # a named recipe: its epochs
+    c = resolve(TrainConfig(time_budget="10m"), CPU, CIFAR)
+    assert (c.time_budget, c.max_epochs) == (600.0, None)  # a budget in seconds: all of it, no cap
+    c = resolve(TrainConfig(time_budget="10m", max_epochs=6), CPU, CIFAR)
+    assert (c.time_budget, c.max_epochs) == (600.0, 6)  # both: at most 6 epochs within 10 minutes
+    c = resolve(TrainConfig(recipe="seed", time_budget="auto"), CPU, CIFAR)
+    assert (c.time_budget, c.max_epochs) == (180.0, 8)
+
+
+def test_the_default_run_on_a_small_folder_ends_at_its_cap_not_its_budget(tmp_path, monkeypatch):
+    """Recipe and budget left to auto on 64 training photos: the small-data rule's steps, then
+    the fit ends, minutes before the budget would. (The rule's 400 steps shrunk to 80, and the
+    tutorial's small CNN, keep the test quick.)"""
+    monkeypatch.setattr(recipes, "MIN_STEPS", 80)
+    from cifar_lit.data.datamodule import ImageDataModule
+    from cifar_lit.train import fit
+    from tests import fakes
+
+    root = fakes.image_folder(tmp_path / "photos", classes=("a", "b"), per_class=40)
+    cfg = TrainConfig(dataset="imagefolder", data_dir=root, test_size=16, model="seed_cnn", accelerator="cpu",
+                      devices=1, num_workers=0, wandb_mode="disabled", prediction_samples=0, output_dir=tmp_path / "out")
+    dm = ImageDataModule.from_config(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    result = fit(cfg, dm.split_file)
+    ckpt = torch.load(result.last_checkpoint, weights_only=True)
+    saved = ckpt["hyper_parameters"]["config"]
+    # 4 steps an epoch: the cap, 4 x 4 = 16 epochs, is raised to the rule's 80 steps, 20 epochs.
+    assert (saved["recipe"], saved["time_budget"], saved["batch_size"], saved["max_epochs"]) == ("cpu-fast", 180.0, 16, 20)
+    assert ckpt["global_step"] == result.budget["steps"] == 80 and result.budget["ended_by"] == "epochs"
+    assert ckpt["lr_schedulers"][0]["_last_lr"][0] == 0.0 and result.fit_seconds < 120
+
+
 def test_a_standalone_fit_on_a_small_folder_takes_the_adapted_batch(tmp_path):
     """cifar_lit.train.fit with an unresolved config resolves it for its split: 64 training
     images under cpu-fast train in batches of 16 (4 steps an epoch), not one batch of 256."""
