@@ -216,13 +216,26 @@ DATA_FIELDS = ("batch_size", "max_epochs", "image_size")
 # ``--time-budget auto``, the ``auto`` recipe's default when neither a budget nor an epoch count
 # is given: the wall time of a fit per device class, and at most BUDGET_EPOCHS times the recipe's
 # epochs (fitted to small data like any epoch count, so a few hundred photos still stop after
-# their ~400 steps, in seconds). On the 2-core EPYC (AVX2) 3 minutes are about 4.5 epochs of
-# cpu-fast and 84% on CIFAR-10 (README, Performance, (g)); a faster CPU trains more epochs in them,
-# a slower one fewer, and every one ends on time. 4x cpu-fast's 4 epochs is as long as it was
-# measured (87.4% at 16 epochs, 10 minutes there). The GPU's minute is not measured: gpu-fast's 10
-# epochs are expected to take seconds on a current GPU, so there its 40 epochs end it.
+# their ~400 steps, in seconds). With no flags on a 2-core EPYC (AVX2) running cpu-fast at 743
+# images/s, 3 minutes were 3.5 epochs and 83.7% held out on CIFAR-10 (README, Time budgets); a
+# faster CPU trains more epochs in them, a slower one fewer, and every one ends on time. 4x
+# cpu-fast's 4 epochs is as long as it was measured (87.4% at 16 epochs, 10 minutes there). The
+# GPU's minute is not measured: gpu-fast's 10 epochs are expected to take seconds on a current
+# GPU, so there its 40 epochs end it.
 DEFAULT_BUDGET = {"cpu": 180.0, "gpu": 60.0}
 BUDGET_EPOCHS = 4
+
+# Short budgets on a CPU: a budget too short for the recipe's batch to take SHORT_BUDGET_STEPS
+# steps trains smaller batches instead (halved, not below SHORT_BUDGET_BATCH), counting the
+# steps at BUDGET_SPEED images/s, about the slowest cpu-fast ran at (a 2-core EPYC, AVX2, batch
+# 256: 740-1,090 images/s across sessions). On the 40,000/10,000 JPEG CIFAR-10 split, that EPYC,
+# batch 256/128/64 (README, Time budgets): 30 s 70.8/72.9/73.1% (97/198/364 steps); 60 s
+# 77.2/77.9/78.0% (175/334/673 steps); 120 s 83.1 and 83.0/82.7 and 83.0% (417-483 steps at 256):
+# below about 200 steps a smaller batch gained 0.6-2 points; above 400, nothing. Not on a GPU:
+# its budgets are many epochs, and nothing there is measured yet.
+BUDGET_SPEED = {"cpu": 700.0}
+SHORT_BUDGET_STEPS = 200
+SHORT_BUDGET_BATCH = 64
 
 # Small-data rule (fit_to_data). On clothing5 (723 training photos, 5 classes, cpu-fast at
 # 32 px), the recipe's 12 steps reached 49.0%. With the rule (batch 32, 418 steps): 92.3% for
@@ -269,6 +282,28 @@ class Plan:
     config: TrainConfig
     adapted: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     n_train: int | None = None  # the training images it was fitted to, when the data was known
+    auto_budget: str | None = None  # "CPU" or "GPU": the time budget is --time-budget auto's, chosen here
+    short_budget: tuple[int, int] | None = None  # batch (before, after) halved for a short budget
+
+    def budget_note(self) -> str | None:
+        """One line for the log when the time budget, or the batch for it, was chosen here, else None.
+
+        >>> from cifar_lit.config import TrainConfig
+        >>> plan(plan(TrainConfig(), Hardware(gpu=False)).config, Hardware(gpu=False), DataSize(45_000)).budget_note()
+        'time budget: 180 s (auto, on a CPU), at most 16 epochs; --time-budget or --max-epochs to choose'
+        >>> plan(TrainConfig(time_budget=30), Hardware(gpu=False), DataSize(45_000)).budget_note()
+        'a short time budget (30 s): batch_size 256 -> 64, for enough steps; --batch-size to choose'
+        """
+        c = self.config
+        notes = []
+        if self.auto_budget:
+            notes.append(f"time budget: {c.time_budget:g} s (auto, on a {self.auto_budget}), "
+                         f"at most {c.max_epochs} epochs; --time-budget or --max-epochs to choose")
+        if self.short_budget:
+            before, after = self.short_budget
+            notes.append(f"a short time budget ({c.time_budget:g} s): batch_size {before} -> {after}, for enough steps; "
+                         "--batch-size to choose")
+        return "; ".join(notes) or None
 
     def describe(self) -> str | None:
         """One line for the log and the summary, or None when nothing was adapted.
@@ -327,25 +362,30 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     if config.val_size is None and "val_size" not in values:
         values["val_size"] = 0.1 if config.dataset == "imagefolder" else 5000
     _check(config, values)
-    adapted = _fit_to(config, preset, data, values, hardware) if data is not None else {}
+    budget = values.get("time_budget", config.time_budget)
+    device = None  # "CPU" or "GPU", where a time budget needs it
+    if data is not None and budget is not None:
+        hardware = hardware or Hardware.detect(config.accelerator)
+        device = "GPU" if hardware.gpu else "CPU"
+    adapted, short = _fit_to(config, preset, data, values, device) if data is not None else ({}, None)
     resolved = config.model_copy(update=values) if values else config
-    result = Plan(resolved, adapted, data.n_train if data else None)
+    result = Plan(resolved, adapted, data.n_train if data else None, device if budget == "auto" else None, short)
     if adapted:
         log.info("%s", result.describe())
     return result
 
 
 def _fit_to(config: TrainConfig, preset: dict[str, Any], data: DataSize, values: dict[str, Any],
-            hardware: Hardware | None) -> dict[str, tuple]:
-    """Fills ``values`` with the data's batch size, epochs and image size, and an ``auto`` time
-    budget's seconds and epoch cap; returns what ``fit_to_data`` changed from the recipe:
-    field -> (recipe's value, chosen)."""
+            device: str | None) -> tuple[dict[str, tuple], tuple[int, int] | None]:
+    """Fills ``values`` with the data's batch size, epochs and image size, and a time budget's
+    seconds (``auto``: for ``device``), epoch cap and batch size. Returns what ``fit_to_data``
+    changed from the recipe (field -> (recipe's value, chosen)), and the batch before and after
+    ``short_budget_batch`` when it changed it."""
     adapted: dict[str, tuple[Any, Any]] = {}
     batch, epochs = config.batch_size, config.max_epochs
     budget = values.get("time_budget", config.time_budget)
     if budget == "auto":
-        hardware = hardware or Hardware.detect(config.accelerator)
-        values["time_budget"] = DEFAULT_BUDGET["gpu" if hardware.gpu else "cpu"]
+        values["time_budget"] = DEFAULT_BUDGET[device.lower()]
     recipe_epochs = preset["max_epochs"] * (BUDGET_EPOCHS if budget == "auto" else 1)
     chosen = fit_to_data(batch or preset["batch_size"], epochs or recipe_epochs, data.n_train,
                          batch_given=batch is not None, epochs_given=epochs is not None)
@@ -357,9 +397,32 @@ def _fit_to(config: TrainConfig, preset: dict[str, Any], data: DataSize, values:
             values[name] = value
             if value != recipe_value:
                 adapted[name] = (recipe_value, value)
+    short = None
+    if batch is None and budget is not None and device is not None:
+        fitted = values["batch_size"]
+        values["batch_size"] = short_budget_batch(fitted, values.get("time_budget", budget), device)
+        short = (fitted, values["batch_size"]) if values["batch_size"] != fitted else None
     if config.image_size is None:
         values["image_size"] = _image_size(config.dataset, data.median_side, preset.get("image_size"))
-    return adapted
+    return adapted, short
+
+
+def short_budget_batch(batch: int, seconds: float, device: str) -> int:
+    """The batch size for a time budget of ``seconds``: halved (not below ``SHORT_BUDGET_BATCH``)
+    while the budget would take fewer than ``SHORT_BUDGET_STEPS`` steps at ``BUDGET_SPEED`` (see
+    there).
+
+    >>> [short_budget_batch(256, s, "CPU") for s in (30, 45, 60, 120, 180)]
+    [64, 128, 128, 256, 256]
+    >>> short_budget_batch(256, 30, "GPU"), short_budget_batch(32, 30, "CPU")
+    (256, 32)
+    """
+    speed = BUDGET_SPEED.get(device.lower())
+    if speed is None:
+        return batch
+    while batch // 2 >= SHORT_BUDGET_BATCH and seconds * speed / batch < SHORT_BUDGET_STEPS:
+        batch //= 2
+    return batch
 
 
 def recipe_summary(p: Plan) -> dict[str, Any]:
@@ -367,11 +430,11 @@ def recipe_summary(p: Plan) -> dict[str, Any]:
 
     >>> from cifar_lit.config import TrainConfig
     >>> recipe_summary(plan(TrainConfig(recipe="seed"), data=DataSize(45_000)))
-    {'name': 'seed', 'n_train': 45000, 'adapted': {}, 'note': None}
+    {'name': 'seed', 'n_train': 45000, 'adapted': {}, 'note': None, 'budget_note': None}
     """
     return {"name": p.config.recipe, "n_train": p.n_train,
             "adapted": {name: {"recipe": old, "chosen": new} for name, (old, new) in p.adapted.items()},
-            "note": p.describe()}
+            "note": p.describe(), "budget_note": p.budget_note()}
 
 
 def resolve(config: TrainConfig, hardware: Hardware | None = None, data: DataSize | None = None) -> TrainConfig:

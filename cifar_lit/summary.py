@@ -103,7 +103,9 @@ def _fmt(v: Any) -> str:
 
 
 def _recipe_note(summary: dict[str, Any]) -> str | None:
-    return (summary.get("recipe") or {}).get("note")
+    """What the recipe chose for this data and this time budget, or None."""
+    recipe = summary.get("recipe") or {}
+    return "; ".join(n for n in (recipe.get("budget_note"), recipe.get("note")) if n) or None
 
 
 def budget_line(budget: dict[str, Any] | None) -> str | None:

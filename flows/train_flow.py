@@ -94,8 +94,9 @@ def _train(config: TrainConfig) -> dict:
     # and more epochs than CIFAR's 50,000 images (what the user gave is kept).
     recipe = plan(config, data=DataSize.of_split(Split.read(staged)))
     config = recipe.config
-    if note := recipe.describe():
-        logger.info("%s", note)
+    for note in (recipe.budget_note(), recipe.describe()):
+        if note:
+            logger.info("%s", note)
 
     match = None if config.force else unchanged(config, fingerprint)
     if match is not None:  # the nightly case: nothing to learn that production does not know

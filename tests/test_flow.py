@@ -183,7 +183,7 @@ def test_default_recipe_end_to_end(make_config):
     # What the recipe chose for the data, in the summary and at the top of the UI's run summary.
     note = "small dataset (200 training images): batch_size 256 -> 16 (12 steps per epoch, 24 in all)"
     assert summary["config"]["batch_size"] == 16 and summary["config"]["max_epochs"] == 2
-    assert summary["recipe"] == {"name": "cpu-fast", "n_train": 200, "note": note,
+    assert summary["recipe"] == {"name": "cpu-fast", "n_train": 200, "note": note, "budget_note": None,
                                  "adapted": {"batch_size": {"recipe": 256, "chosen": 16}}}
     assert summary["val_acc"] is None and summary["best_val_acc"] is None
     split = json.loads((cfg.out / "split.json").read_text())

@@ -157,7 +157,7 @@ def test_the_adaptation_is_said_in_one_line_and_in_the_summary_block():
                             "(20 steps per epoch, 400 in all)")
     block = recipes.recipe_summary(p)
     assert json.loads(json.dumps(block)) == {
-        "name": "cpu-fast", "n_train": 650, "note": p.describe(),
+        "name": "cpu-fast", "n_train": 650, "note": p.describe(), "budget_note": None,
         "adapted": {"batch_size": {"recipe": 256, "chosen": 32}, "max_epochs": {"recipe": 4, "chosen": 20}}}
 
 
@@ -169,8 +169,11 @@ def test_auto_trains_to_its_device_class_budget_and_at_most_4x_the_recipes_epoch
     c = resolve(c, CPU, CIFAR)
     assert (c.recipe, c.time_budget, c.max_epochs) == ("cpu-fast", 180.0, 16) and c.is_resolved
     assert recipes.DEFAULT_BUDGET == {"cpu": 180.0, "gpu": 60.0} and recipes.BUDGET_EPOCHS == 4  # as the README says
-    g = resolve(resolve(TrainConfig(), GPU), GPU, CIFAR)
-    assert (g.recipe, g.time_budget, g.max_epochs) == ("gpu-fast", 60.0, 40)
+    g = plan(resolve(TrainConfig(), GPU), GPU, CIFAR)
+    assert (g.config.recipe, g.config.time_budget, g.config.max_epochs) == ("gpu-fast", 60.0, 40)
+    assert g.budget_note() == ("time budget: 60 s (auto, on a GPU), at most 40 epochs; "
+                               "--time-budget or --max-epochs to choose")
+    assert plan(TrainConfig(time_budget="3m"), CPU, CIFAR).budget_note() is None  # the user's own: nothing to say
     # A few hundred photos: the cap is fitted to the data like any epoch count, so the fit ends
     # after its ~400 steps (seconds) instead of training the whole budget.
     p = plan(resolve(TrainConfig(), CPU), CPU, DataSize(723))
@@ -187,6 +190,19 @@ def test_an_epoch_count_or_a_budget_given_replaces_autos_budget():
     assert (c.time_budget, c.max_epochs) == (600.0, 6)  # both: at most 6 epochs within 10 minutes
     c = resolve(TrainConfig(recipe="seed", time_budget="auto"), CPU, CIFAR)
     assert (c.time_budget, c.max_epochs) == (180.0, 8)
+
+
+def test_a_short_budget_on_a_cpu_trains_smaller_batches_for_enough_steps():
+    # At 700 images/s (recipes.BUDGET_SPEED) 30 s are 82 steps of 256: halved until 200 steps or 64.
+    batches = {s: plan(TrainConfig(time_budget=s), CPU, CIFAR).config.batch_size for s in (30, 60, 120, 180, 600)}
+    assert batches == {30: 64, 60: 128, 120: 256, 180: 256, 600: 256}
+    p = plan(TrainConfig(time_budget=30), CPU, CIFAR)
+    assert p.short_budget == (256, 64) and "batch_size 256 -> 64" in p.budget_note()
+    assert p.config.step_lr == pytest.approx(2.4 * 64 / 1024)  # the lr follows the batch (per 1024 examples)
+    assert plan(TrainConfig(time_budget=30, batch_size=256), CPU, CIFAR).config.batch_size == 256  # given: kept
+    assert plan(TrainConfig(time_budget=30), GPU, CIFAR).config.batch_size == 1024  # not on a GPU
+    assert plan(TrainConfig(time_budget=30), CPU, DataSize(723)).config.batch_size == 32  # already small
+    assert plan(TrainConfig(recipe="cpu-fast", max_epochs=1), CPU, CIFAR).config.batch_size == 256  # no budget
 
 
 def test_the_default_run_on_a_small_folder_ends_at_its_cap_not_its_budget(tmp_path, monkeypatch):
