@@ -1,7 +1,8 @@
 """The champion/challenger gate, and "nothing changed" for the nightly retrain.
 
 ``gate`` evaluates the current ``production`` model (the champion) on the challenger's own test
-split, because a number measured on other data is not comparable, then promotes the challenger
+split, because a number measured on other data is not comparable (when the champion's own run
+tested on that same split with the same code, its recorded numbers are used), then promotes the challenger
 iff ``challenger test_acc >= champion test_acc + margin``. With no champion it promotes; when
 the class lists differ it does not, unless forced. A promoted model becomes the next registry
 version with the aliases ``latest`` and ``production``; a rejected one stays in its run's
@@ -132,14 +133,34 @@ def _decide(config: TrainConfig, reg: Registry, name: str, split_file: Path, mod
     if theirs_classes != classes:
         return Decision(promoted=True, champion_test_acc=None, per_class=_per_class(classes, ours, None), **base,
                         reason=f"--force-promote: class lists differ from production {champion.version}"), champion
-    theirs_acc, theirs = evaluate_file(load_model(champion.file("model")), split_file, config.data_dir)
+    recorded = _recorded_on(champion, split_file, model_card)
+    if recorded is not None:
+        (theirs_acc, theirs), where = recorded, "as its own run tested it on this same split"
+    else:
+        theirs_acc, theirs = evaluate_file(load_model(champion.file("model")), split_file, config.data_dir)
+        where = "on the challenger's test split"
     need = theirs_acc + config.promote_margin
     promoted = acc >= need
     verdict = ">=" if promoted else "<"
     reason = (f"challenger test_acc {acc:.4f} {verdict} champion {champion.version} {theirs_acc:.4f}"
-              f" + margin {config.promote_margin:g} on the challenger's test split")
+              f" + margin {config.promote_margin:g} {where}")
     return Decision(promoted=promoted, champion_test_acc=theirs_acc, reason=reason,
                     per_class=_per_class(classes, ours, theirs), **base), champion
+
+
+def _recorded_on(champion: Version, split_file: Path, model_card: dict) -> tuple[float, list[float]] | None:
+    """The champion's test_acc and per-class accuracy as its own run measured them, when that run
+    tested on this very split (the same split file and data fingerprint) with this code: testing
+    it again would give the same numbers (a --force re-run, a new config on unchanged data). Else
+    None: the champion is tested here."""
+    c = champion.card
+    split = c.get("files", {}).get("split")
+    same = (split is not None and c.get("data_fingerprint") == model_card.get("data_fingerprint")
+            and c.get("code_version") == model_card.get("code_version") and "test_acc" in c.get("metrics", {})
+            and len(c.get("per_class", [])) == len(model_card["classes"]))
+    if not same or champion.file("split").read_bytes() != Path(split_file).read_bytes():
+        return None
+    return float(c["metrics"]["test_acc"]), [float(r["accuracy"]) for r in c["per_class"]]
 
 
 def _per_class(classes: list[str], ours: list[float], theirs: list[float] | None) -> list[dict]:

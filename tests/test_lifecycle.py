@@ -130,7 +130,8 @@ def test_promote_skip_reject_and_a_better_challenger(make_config, tmp_path):
     p = worse["promotion"]
     assert not p["promoted"] and p["version"] is None and p["champion_version"] == "v1"
     assert p["challenger_test_acc"] == pytest.approx(worse["test_acc"]) and worse["test_acc"] < first["test_acc"]
-    assert p["champion_test_acc"] == pytest.approx(first["test_acc"])  # same split: v1's own number
+    # Same split, data and code: v1's own recorded number, not a second test of v1.
+    assert p["champion_test_acc"] == first["test_acc"] and "as its own run tested it on this same split" in p["reason"]
     assert reg.aliases(name) == {"latest": "v1", "production": "v1"} and reg.versions(name) == ["v1"]
     page = _promotion_artifact(run3)
     assert page.startswith(f"# Not promoted: {name}") and "| cat |" in page and "| frog |" in page
@@ -148,6 +149,7 @@ def test_promote_skip_reject_and_a_better_challenger(make_config, tmp_path):
     assert other["data_fingerprint"] != better["data_fingerprint"]
     theirs = _heldout_accuracy(reg.get(name, version="v2").file("model"), tmp_path / "r5" / "split.json", root)
     assert p["champion_version"] == "v2" and p["champion_test_acc"] == pytest.approx(theirs)
+    assert p["reason"].endswith("on the challenger's test split")  # tested here, on the new split
     assert p["promoted"] == (other["test_acc"] >= theirs)
 
     # Every decision is a Prefect event an automation can trigger on, metrics in the payload.
