@@ -155,6 +155,11 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     fit_seconds = time.perf_counter() - t0
 
     ckpt = trainer.checkpoint_callback
+    completed = trainer.current_epoch
+    if budget is not None and trainer.global_step % max(1, trainer.num_training_batches):
+        # A budget may stop inside an epoch, which Lightning then counts as done: only whole
+        # epochs count here (the budget's report has the fraction).
+        completed = trainer.global_step // trainer.num_training_batches
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if ckpt.best_model_score is not None:
         metrics["best_val_acc"] = float(ckpt.best_model_score)
@@ -162,8 +167,8 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
         best_checkpoint=str(Path(ckpt.best_model_path).resolve()) if ckpt.best_model_path else str(last.resolve()),
         last_checkpoint=str(last.resolve()),
         metrics=metrics,
-        epochs_completed=trainer.current_epoch,
-        epochs_this_run=trainer.current_epoch - start.epoch,
+        epochs_completed=completed,
+        epochs_this_run=completed - start.epoch,
         fit_seconds=round(fit_seconds, 3),
         resumed_from=ckpt_path,
         budget=budget.report(trainer) if budget is not None else None,

@@ -57,7 +57,8 @@ def fit_model(config: TrainConfig, split_file: Path, progress_artifact: UUID | N
     resume = config.resume or task_run.get_run_count() > 1
     if is_distributed(config):  # DDP: one process per device, started by Lightning (see cifar_lit.distributed)
         result = fit_in_subprocess(config, split_file, resume=resume)
-        _progress_hook(progress_artifact)(result.epochs_completed, config.max_epochs or result.epochs_completed,
-                                          result.metrics)
+        # Under a time budget, max_epochs is only a cap: the fit that ended is the whole of it.
+        total = result.epochs_completed if config.time_budget or not config.max_epochs else config.max_epochs
+        _progress_hook(progress_artifact)(result.epochs_completed, max(1, total), result.metrics)
         return result.to_dict()
     return fit(config, split_file, resume=resume, on_epoch=_progress_hook(progress_artifact)).to_dict()

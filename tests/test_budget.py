@@ -31,6 +31,7 @@ def test_a_real_fit_completes_its_schedule_on_time(make_config):
     assert last["global_step"] == b["steps"] == schedule["last_epoch"] and schedule["_last_lr"] == [0.0, 0.0]
     assert b["images_per_second"] == pytest.approx(16 / b["step_seconds"], rel=0.01)
     assert b["epochs"] == pytest.approx(b["steps"] / 10, abs=0.01)  # 160 images, batch 16
+    assert result.epochs_completed == b["steps"] // 10  # whole epochs: a last one cut short is not counted
     assert "val_acc" in result.metrics and (cfg.out / "checkpoints" / "last.ckpt").is_file()
     assert 0.5 * 5 < result.fit_seconds < 2 * 5  # used the budget, and not much more (generous bounds)
 
