@@ -352,17 +352,21 @@ def startup(data_dir: Path, root: Path = ROOT, repeats: int = 5, before: Path | 
         for tag in roots:
             helps[tag].append(_wall([*flow(tag), "--help"], env_of(tag)))
     runs = OUT / f"startup-runs-{int(time.time())}"
-    args = ["--dataset", "imagefolder", "--data-dir", str(small), "--test-size", "200", "--seed", "0",
-            "--max-epochs", "1", "--wandb-mode", "offline", "--runs-dir", str(runs), "--accelerator", "cpu"]
+    def args(tag: str) -> list[str]:
+        # A runs dir (and so a registry) per checkout: each re-run's champion is its own code's
+        # model, as for a user re-running one checkout.
+        return ["--dataset", "imagefolder", "--data-dir", str(small), "--test-size", "200", "--seed", "0",
+                "--max-epochs", "1", "--wandb-mode", "offline", "--runs-dir", str(runs / tag), "--accelerator", "cpu"]
+
     for tag in roots:
-        _wall([*flow(tag), *args], env_of(tag))  # fills the download and split caches and the registry
+        _wall([*flow(tag), *args(tag)], env_of(tag))  # fills the download and split caches and the registry
 
     def reruns(mode: str, **extra: str) -> dict[str, tuple[float, float]]:
         fixed, walls = {tag: [] for tag in roots}, {tag: [] for tag in roots}
         for i in range(3):
             for tag in roots:
                 out = runs / f"{mode}-{tag}-{i}"
-                wall = _wall([*flow(tag), *args, "--force", "--output-dir", str(out)], env_of(tag, **extra))
+                wall = _wall([*flow(tag), *args(tag), "--force", "--output-dir", str(out)], env_of(tag, **extra))
                 summary = json.loads((out / "summary.json").read_text())
                 walls[tag].append(wall)
                 # An older checkout's summary has no test_seconds: its test time then counts as fixed.
