@@ -197,6 +197,24 @@ def test_the_summary_says_what_the_budget_chose():
     assert "**Machine**: 32-true, channels_last, 2 threads (timed on this machine in 2.2 s)" in shown
 
 
+def test_the_ui_summary_says_what_auto_and_a_short_budget_chose():
+    from cifar_lit.config import TrainConfig
+    from cifar_lit.recipes import DataSize, Hardware, plan, recipe_summary
+    from cifar_lit.summary import build_summary, summary_markdown
+
+    cpu = Hardware(gpu=False)
+    fit = {"metrics": {}, "epochs_completed": 3, "fit_seconds": 177.0, "best_checkpoint": "b", "last_checkpoint": "l",
+           "budget": {"seconds": 180.0, "max_steps": 2496, "ended_by": "time", "steps": 542, "epochs": 3.47,
+                      "images_per_second": 743.0, "replans": 22}}
+    test = {"metrics": {"test_acc": 0.84}, "per_class": []}
+    for user, line in ((TrainConfig(), "**Recipe**: cpu-fast; time budget: 180 s (auto, on a CPU), at most 16 epochs"),
+                       (TrainConfig(time_budget="30s"), "**Recipe**: cpu-fast; a short time budget (30 s): batch_size 256 -> 64")):
+        p = plan(plan(user, cpu).config, cpu, DataSize(40_000))
+        shown = summary_markdown(build_summary(p.config, fit, test, "fp", {"mode": "disabled"}, recipe=recipe_summary(p)))
+        assert line in shown, shown
+    assert "**Time budget**: 180 s, at most 2496 steps: 542 steps (3.47 epochs) at 743 images/s" in shown
+
+
 class Crash(Callback):
     """The process dies as the second epoch starts: one epoch is checkpointed."""
 
