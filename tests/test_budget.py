@@ -207,8 +207,10 @@ def test_the_ui_summary_says_what_auto_and_a_short_budget_chose():
            "budget": {"seconds": 180.0, "max_steps": 2496, "ended_by": "time", "steps": 542, "epochs": 3.47,
                       "images_per_second": 743.0, "replans": 22}}
     test = {"metrics": {"test_acc": 0.84}, "per_class": []}
-    for user, line in ((TrainConfig(), "**Recipe**: cpu-fast; time budget: 180 s (auto, on a CPU), at most 16 epochs"),
-                       (TrainConfig(time_budget="30s"), "**Recipe**: cpu-fast; a short time budget (30 s): batch_size 256 -> 64")):
+    for user, line in (
+        (TrainConfig(), "**Recipe**: cpu-fast; time budget: 180 s (auto, on a CPU), at most 16 epochs"),
+        (TrainConfig(time_budget="30s"), "**Recipe**: cpu-fast; a short time budget (30 s): batch_size 256 -> 64"),
+    ):
         p = plan(plan(user, cpu).config, cpu, DataSize(40_000))
         shown = summary_markdown(build_summary(p.config, fit, test, "fp", {"mode": "disabled"}, recipe=recipe_summary(p)))
         assert line in shown, shown
