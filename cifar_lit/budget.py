@@ -165,6 +165,18 @@ class TimeBudget(Callback):
             self._plan(trainer, step)
         if step >= self.schedule.total:
             trainer.should_stop = True
+            self._final_rate(trainer, step)
+
+    def _final_rate(self, trainer, step: int) -> None:
+        """Lightning steps the scheduler before ``on_train_batch_end``, so the rate it set after
+        this step came from the plan before this one. When this plan ended the schedule here,
+        the scheduler steps once more, from this step: the rate left (and saved in the
+        checkpoint) is the final plan's, 0 at the end of a decay."""
+        for config in getattr(trainer, "lr_scheduler_configs", []):
+            scheduler = config.scheduler
+            if getattr(scheduler, "lr_lambdas", None) and scheduler.last_epoch == step:
+                scheduler.last_epoch -= 1
+                scheduler.step()
 
     def _plan_now(self, trainer, step: int) -> bool:
         """Every ``every`` steps; with one process also at every step while calibrating (a slow

@@ -56,9 +56,16 @@ def simulate(step_s, budget=60.0, per_epoch=100, end_s=1.0, world_size=1, most=N
         planned_at.append(trainer.global_step)
         return value
 
+    # The learning-rate schedule as Lightning runs it: a LambdaLR over the budget's schedule,
+    # stepped after each optimizer step and before the callbacks' on_train_batch_end.
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, tb.schedule)
     trainer = SimpleNamespace(global_step=0, num_training_batches=per_epoch, num_val_batches=[5],
                               enable_validation=True, sanity_checking=True, world_size=world_size,
-                              strategy=SimpleNamespace(broadcast=broadcast), should_stop=False)
+                              strategy=SimpleNamespace(broadcast=broadcast), should_stop=False,
+                              lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    tb.scheduler = scheduler
     tb.planned_at = planned_at
     tb.setup(trainer, None, "fit")
     for i in range(2):  # the sanity check's two validation batches: the first one slower
@@ -69,7 +76,9 @@ def simulate(step_s, budget=60.0, per_epoch=100, end_s=1.0, world_size=1, most=N
     tb.on_train_start(trainer, None)
     while not trainer.should_stop:
         clock.now += step_s(trainer.global_step)
+        optimizer.step()
         trainer.global_step += 1
+        scheduler.step()
         tb.on_train_batch_end(trainer, None, None, None, trainer.global_step % per_epoch)
         if trainer.global_step % per_epoch == 0 and not trainer.should_stop:
             clock.now += end_s
@@ -106,6 +115,15 @@ def test_a_slowdown_near_the_end_is_caught_at_once():
     # 4x slower for the last seconds: planned at every step near the end, not every 25th.
     steps, took, tb = simulate(lambda step: 0.1 if step < 480 else 0.4)
     assert took <= 60 and steps < tb.first_plan and tb.schedule(steps) == 0.0
+
+
+@pytest.mark.parametrize("step_s", [lambda k: 0.1, lambda k: 0.1 if k < 200 else 0.2, lambda k: 0.1 if k < 480 else 0.4],
+                         ids=["steady", "slower", "slower-near-the-end"])
+def test_the_learning_rate_left_after_the_last_step_is_the_final_plans(step_s):
+    # Lightning steps the scheduler before on_train_batch_end: a plan that ends the schedule at
+    # the step just taken must set the rate again, or the checkpoint records the earlier plan's.
+    steps, _, tb = simulate(step_s)
+    assert tb.scheduler.last_epoch == steps and tb.scheduler.get_last_lr() == [0.0]
 
 
 def test_steps_too_slow_to_calibrate_still_end_on_time():
