@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+from torch.optim.lr_scheduler import LambdaLR
 
 from cifar_lit.module import triangular
 
@@ -172,9 +173,9 @@ class TimeBudget(Callback):
         this step came from the plan before this one. When this plan ended the schedule here,
         the scheduler steps once more, from this step: the rate left (and saved in the
         checkpoint) is the final plan's, 0 at the end of a decay."""
-        for config in getattr(trainer, "lr_scheduler_configs", []):
+        for config in trainer.lr_scheduler_configs:
             scheduler = config.scheduler
-            if getattr(scheduler, "lr_lambdas", None) and scheduler.last_epoch == step:
+            if isinstance(scheduler, LambdaLR) and scheduler.last_epoch == step:
                 scheduler.last_epoch -= 1
                 scheduler.step()
 

@@ -367,7 +367,7 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     if data is not None and budget is not None:
         hardware = hardware or Hardware.detect(config.accelerator)
         device = "GPU" if hardware.gpu else "CPU"
-    adapted, short = _fit_to(config, preset, data, values, device) if data is not None else ({}, None)
+    adapted, short = _fit_to(config, preset, data, values, budget, device) if data is not None else ({}, None)
     resolved = config.model_copy(update=values) if values else config
     result = Plan(resolved, adapted, data.n_train if data else None, device if budget == "auto" else None, short)
     if adapted:
@@ -376,14 +376,13 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
 
 
 def _fit_to(config: TrainConfig, preset: dict[str, Any], data: DataSize, values: dict[str, Any],
-            device: str | None) -> tuple[dict[str, tuple], tuple[int, int] | None]:
-    """Fills ``values`` with the data's batch size, epochs and image size, and a time budget's
-    seconds (``auto``: for ``device``), epoch cap and batch size. Returns what ``fit_to_data``
-    changed from the recipe (field -> (recipe's value, chosen)), and the batch before and after
-    ``short_budget_batch`` when it changed it."""
+            budget: float | str | None, device: str | None) -> tuple[dict[str, tuple], tuple[int, int] | None]:
+    """Fills ``values`` with the data's batch size, epochs and image size, and the time
+    ``budget``'s seconds (``auto``: for ``device``), epoch cap and batch size. Returns what
+    ``fit_to_data`` changed from the recipe (field -> (recipe's value, chosen)), and the batch
+    before and after ``short_budget_batch`` when it changed it."""
     adapted: dict[str, tuple[Any, Any]] = {}
     batch, epochs = config.batch_size, config.max_epochs
-    budget = values.get("time_budget", config.time_budget)
     if budget == "auto":
         values["time_budget"] = DEFAULT_BUDGET[device.lower()]
     recipe_epochs = preset["max_epochs"] * (BUDGET_EPOCHS if budget == "auto" else 1)

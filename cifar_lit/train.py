@@ -155,11 +155,10 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     fit_seconds = time.perf_counter() - t0
 
     ckpt = trainer.checkpoint_callback
-    completed = trainer.current_epoch
-    if budget is not None and trainer.global_step % max(1, trainer.num_training_batches):
-        # A budget may stop inside an epoch, which Lightning then counts as done: only whole
-        # epochs count here (the budget's report has the fraction).
-        completed = trainer.global_step // trainer.num_training_batches
+    # A budget may stop inside an epoch, which Lightning then counts as done: only whole epochs
+    # count here (the budget's report has the fraction).
+    completed = (trainer.global_step // max(1, trainer.num_training_batches) if budget is not None
+                 else trainer.current_epoch)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if ckpt.best_model_score is not None:
         metrics["best_val_acc"] = float(ckpt.best_model_score)
