@@ -12,9 +12,27 @@ class MachineError(ValueError):
     """The config asks for hardware this machine does not have; the message names the flag."""
 
 
+# Forces the probe's precision (cifar_lit.probe) where a recipe leaves it to the machine, so a
+# developer on a float32-only CPU can run the tests as a bf16 machine would (CI runs the fault
+# and lifecycle tests this way), and an operator can rule bf16 out. A precision the user gave
+# still wins.
+PRECISION_ENV = "CIFAR_LIT_PROBE_PRECISION"
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def forced_precision() -> str | None:
+    """The precision ``CIFAR_LIT_PROBE_PRECISION`` forces on the probe (None when unset)."""
+    value = os.environ.get(PRECISION_ENV, "").strip()
+    if value and value not in PRECISIONS:
+        raise MachineError(f"{PRECISION_ENV}: {value!r} is not a precision the probe can force; "
+                           f"use one of {', '.join(PRECISIONS)} or unset it")
+    return value or None
+
+
 def check_machine(config: TrainConfig) -> None:
     import torch
 
+    forced_precision()  # a bad value is one line here, not a failure inside the fit
     acc, devices = config.accelerator, config.devices
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if acc in ("gpu", "cuda") and gpus == 0:

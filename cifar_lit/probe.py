@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cifar_lit.atomic import write_json_atomic
+from cifar_lit.machine import forced_precision
 from cifar_lit.recipes import PROBE, RECIPES, wants_gpu
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,11 @@ class Probed:
     images_per_second: dict[str, float]  # candidate (as words) -> training images per second
     seconds: float  # spent probing in this run: 0 when the cache answered
     cached: bool
+    forced_precision: str | None = None  # CIFAR_LIT_PROBE_PRECISION, when it decided the precision
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self.choice), "images_per_second": self.images_per_second, "seconds": round(self.seconds, 2),
-                "cached": self.cached}
+                "cached": self.cached, "forced_precision": self.forced_precision}
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
@@ -103,7 +105,8 @@ def cache_file() -> Path:
 
 def candidates(device: str, given: dict[str, Any]) -> list[Choice]:
     """What to time; ``given``: fields the user set (precision, channels_last), kept as they are.
-    ``OMP_NUM_THREADS`` set keeps torch's thread count too."""
+    ``OMP_NUM_THREADS`` set keeps torch's thread count too, and ``CIFAR_LIT_PROBE_PRECISION``
+    the precision (bf16 then runs even where the CPU only emulates it)."""
     if device == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
         threads = [torch.get_num_threads()]
@@ -112,7 +115,9 @@ def candidates(device: str, given: dict[str, Any]) -> list[Choice]:
         bf16 = cpu_has_amx() or "avx512_bf16" in flags
         n = cpus()
         threads = [n, n // 2] if n >= 4 and not os.environ.get("OMP_NUM_THREADS") else [torch.get_num_threads()]
-    precisions = [given["precision"]] if "precision" in given else ["32-true", "bf16-mixed"] if bf16 else ["32-true"]
+    forced = forced_precision()
+    precisions = ([given["precision"]] if "precision" in given else [forced] if forced
+                  else ["32-true", "bf16-mixed"] if bf16 else ["32-true"])
     layouts = [given["channels_last"]] if "channels_last" in given else [False, True]
     return [Choice(p, cl, t) for p in precisions for cl in layouts for t in threads]
 
@@ -179,7 +184,7 @@ def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, labels: torch.
 def key(config, num_classes: int, device: str) -> str:
     what = {"format": CACHE_FORMAT, "machine": machine(device), "model": config.model, "image_size": config.image_size,
             "batch_size": config.batch_size, "optimizer": config.optimizer, "num_classes": num_classes,
-            "given": given(config), "omp_threads": os.environ.get("OMP_NUM_THREADS")}
+            "given": given(config), "omp_threads": os.environ.get("OMP_NUM_THREADS"), "forced": forced_precision()}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -187,6 +192,7 @@ def probe(config, num_classes: int, device: str = "cpu") -> Probed:
     """The fastest candidate for ``config`` on this machine: from the cache, else measured and
     cached. A cache that cannot be read or written is only a slower start, never a failure."""
     path, k = cache_file(), key(config, num_classes, device)
+    forced = None if "precision" in given(config) else forced_precision()
     try:
         entries = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -195,13 +201,14 @@ def probe(config, num_classes: int, device: str = "cpu") -> Probed:
         entries = {}
     if isinstance(hit := entries.get(k), dict):
         try:
-            return Probed(Choice(**hit["choice"]), hit["images_per_second"], 0.0, cached=True)
+            return Probed(Choice(**hit["choice"]), hit["images_per_second"], 0.0, cached=True, forced_precision=forced)
         except (KeyError, TypeError):
             pass  # an entry of another layout: measure again
     t0 = time.perf_counter()
     rates = measure(config, num_classes, device)
     best = max(rates, key=rates.get)
-    result = Probed(best, {words(c): round(r, 1) for c, r in rates.items()}, time.perf_counter() - t0, cached=False)
+    result = Probed(best, {words(c): round(r, 1) for c, r in rates.items()}, time.perf_counter() - t0, cached=False,
+                    forced_precision=forced)
     log.info("probe: %s is fastest here (%s images/s; %s)", words(best), f"{rates[best]:.0f}",
              "; ".join(f"{w} {r:.0f}" for w, r in result.images_per_second.items()))
     entries[k] = {"choice": asdict(best), "images_per_second": result.images_per_second}
@@ -228,7 +235,8 @@ def apply(config, num_classes: int) -> tuple[Any, Probed | None]:
     distributed = config.strategy.startswith("ddp") or config.num_nodes > 1
     device = "cuda" if wants_gpu(config.accelerator) else "cpu"
     if distributed:
-        found, probed = Choice("bf16-mixed" if cpu_has_amx() else "32-true", True, torch.get_num_threads()), None
+        precision = forced_precision() or ("bf16-mixed" if cpu_has_amx() else "32-true")
+        found, probed = Choice(precision, True, torch.get_num_threads()), None
     else:
         probed = probe(config, num_classes, device)
         found = probed.choice

@@ -1,6 +1,8 @@
 """The machine probe (cifar_lit.probe): what a recipe leaves to the machine is timed on it with
 the real network, the fastest candidate is used, the result is cached per machine and invalidated
-by another CPU or torch version, and what the user gave is never probed over."""
+by another CPU or torch version, and what the user gave is never probed over.
+``CIFAR_LIT_PROBE_PRECISION`` forces its precision (CI forces bf16 over the fault and lifecycle
+tests): these tests clear it, except those about it."""
 
 from __future__ import annotations
 
@@ -12,7 +14,13 @@ import torch
 from cifar_lit import probe, train
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.machine import PRECISION_ENV, MachineError, check_machine
 from cifar_lit.recipes import resolve
+
+
+@pytest.fixture(autouse=True)
+def _unforced(monkeypatch):
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
 
 
 def _config(**extra) -> TrainConfig:
@@ -116,3 +124,50 @@ def test_a_fit_uses_and_records_the_probe_and_its_test_reuses_it(make_config, mo
     monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("the test step probed again"))
     tested = train.evaluate(cfg, cfg.out / "split.json", fitted.last_checkpoint)
     assert tested.metrics["test_acc"] > 0
+
+
+def test_the_environment_forces_the_probes_precision(monkeypatch, tmp_path):
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(probe, "cpu_flags", lambda: ("AMD EPYC", {"avx2", "fma"}))  # no bf16 arithmetic ...
+    monkeypatch.setattr(probe, "cpu_has_amx", lambda: False)
+    monkeypatch.setenv(PRECISION_ENV, "bf16-mixed")  # ... and yet bf16 is what is timed and used
+    assert {c.precision for c in probe.candidates("cpu", {})} == {"bf16-mixed"}
+    assert {c.channels_last for c in probe.candidates("cpu", {})} == {False, True}  # the layout is still timed
+    timed = []
+    monkeypatch.setattr(probe, "images_per_second", lambda step, choice, batch, device: timed.append(choice) or 100.0)
+    config, found = probe.apply(_config(), num_classes=10)
+    assert config.precision == "bf16-mixed" and found.to_dict()["forced_precision"] == "bf16-mixed"
+    assert {c.precision for c in timed} == {"bf16-mixed"}
+    # A distributed fit's fixed rule follows it too.
+    assert probe.apply(_config(strategy="ddp", devices=2), num_classes=10)[0].precision == "bf16-mixed"
+    # What the user gave still wins, and is not reported as forced.
+    config, found = probe.apply(_config(precision="32-true"), num_classes=10)
+    assert config.precision == "32-true" and found.forced_precision is None
+    # Forced and unforced results are cached apart: unsetting it times both precisions again.
+    monkeypatch.setenv(PRECISION_ENV, "32-true")
+    timed.clear()
+    config, found = probe.apply(_config(), num_classes=10)
+    assert not found.cached and {c.precision for c in timed} == {"32-true"} and config.precision == "32-true"
+
+
+def test_a_bad_forced_precision_is_one_line_naming_the_variable(monkeypatch):
+    monkeypatch.setenv(PRECISION_ENV, "bf16")
+    with pytest.raises(MachineError, match=f"^{PRECISION_ENV}: 'bf16' is not a precision") as e:
+        check_machine(_config())  # before any data work
+    assert "\n" not in str(e.value) and "32-true, bf16-mixed" in str(e.value)
+
+
+def test_a_fit_forced_to_bf16_trains_and_tests_in_bf16(make_config, monkeypatch, tmp_path):
+    # For real: bf16 autocast on this CPU (emulated where it has no bf16 arithmetic), recorded in
+    # the checkpoint and reused by the test step.
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path / "probe-cache"))
+    monkeypatch.setenv(PRECISION_ENV, "bf16-mixed")
+    cfg = make_config(recipe="cpu-fast", batch_size=32, max_epochs=2, val_size=0, tta=0)
+    ImageDataModule.from_config(cfg).setup("fit")
+    fitted = train.fit(cfg, cfg.out / "split.json")
+    assert fitted.probe["precision"] == "bf16-mixed" and fitted.probe["forced_precision"] == "bf16-mixed"
+    saved = torch.load(fitted.last_checkpoint, weights_only=False, map_location="cpu")["hyper_parameters"]["config"]
+    assert saved["precision"] == "bf16-mixed"
+    monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("the test step probed again"))
+    tested = train.evaluate(cfg, cfg.out / "split.json", fitted.last_checkpoint)  # the checkpoint's precision
+    assert tested.metrics["test_acc"] > 0.2
