@@ -12,8 +12,9 @@ A folder that is already extracted is used without a network request when it car
 (written after we extract), or, for the official archive, when every file in it matches the md5
 published for it (torchvision's own download, an older run of ours): then the marker is written.
 
-One download at a time per data root: an ``fcntl.flock`` on a lock file there serialises
-concurrent first runs (the second waits, then finds the data ready). The archive is fetched to
+One download at a time per data root: a lock file there (``cifar_lit.locks``) serialises
+concurrent first runs (the second waits, then finds the data ready; a holder that hangs ends the
+wait after ``CIFAR_LIT_LOCK_TIMEOUT`` seconds with one line naming it). The archive is fetched to
 a temporary file of its own and renamed only once its md5 matches. Every member is checked
 before anything is extracted: only regular files and folders with relative paths inside the
 archive (no absolute paths, no ``..``, no links of any kind, no devices or fifos); then it is
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import fcntl
 import glob
 import gzip
 import http.client
@@ -55,6 +55,8 @@ import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import calculate_md5
 
+from cifar_lit.data.imagefolder import DataError
+from cifar_lit.locks import exclusive
 from cifar_lit.redact import public_url  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
@@ -202,13 +204,9 @@ def _locked(root: Path) -> Iterator[None]:
     root (two first runs, DDP ranks, parallel flows) take turns instead of writing over each
     other's files. The kernel drops the lock when the process dies, so a crash never leaves it
     held. (Local filesystems; on NFS, flock works where the client maps it to NFS locks.)"""
-    with open(root / LOCK_FILE, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: waiting for another download into this folder to finish", root)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+    with exclusive(root / LOCK_FILE, f"data_dir: {root}",
+                   waiting=f"{root}: waiting for another download into this folder to finish"):
+        yield
 
 
 def _clear_leftovers(root: Path, filename: str, folder: Path) -> None:
@@ -535,9 +533,35 @@ def _refused(member: tarfile.TarInfo) -> str | None:
     return None
 
 
+# Everything a real CIFAR batch or meta file pickles beyond plain containers and strings: numpy
+# arrays (``_reconstruct`` moved to ``numpy._core`` in numpy 2; the official files use the old
+# name). Any other global is how a crafted pickle runs code (``os.system`` pickles as
+# ``posix.system``), and an md5 only proves the file is the one the mirror served. Python 3
+# writes bytes into a protocol-2 pickle as ``_codecs.encode(text, "latin1")`` (a re-pickled or
+# converted batch); torch's weights-only unpickler allows it too: it converts text, runs nothing.
+_CIFAR_GLOBALS = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    """A CIFAR pickle, read by an unpickler that builds only arrays, lists, dicts and strings."""
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise DataError(f"{path}: refused to load: not a CIFAR batch ({e}); a CIFAR file holds only arrays and "
+                        "lists, so this one is corrupt or crafted: delete the folder and download from a trusted "
+                        "mirror") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: not a CIFAR batch (a pickled {type(obj).__name__}, not a dict)")
+    return obj
 
 
 def load_cifar(folder: Path, dataset: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -546,8 +570,11 @@ def load_cifar(folder: Path, dataset: str, train: bool) -> tuple[np.ndarray, np.
     images, labels = [], []
     for name in src.train_files if train else src.test_files:
         batch = _unpickle(Path(folder) / name)
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(batch[src.label_key])
+        try:
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch[src.label_key])
+        except (KeyError, ValueError, TypeError) as e:
+            raise DataError(f"{Path(folder) / name}: not a CIFAR batch ({type(e).__name__}: {e})") from None
     return np.concatenate(images).transpose(0, 2, 3, 1).copy(), np.asarray(labels, dtype=np.int64)
 
 
