@@ -12,6 +12,8 @@ import logging
 import netrc
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,6 +23,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from cifar_lit.config import TrainConfig
+from cifar_lit.redact import public_args
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +94,18 @@ def start_run(config: TrainConfig, name: str | None = None, job_type: str = "pip
     settings: dict[str, Any] = {"console": "off", "quiet": True, "init_timeout": timeout}
     for attempt in [mode] + (["offline"] if mode == "online" else []):
         try:
-            run = wandb.init(
-                project=config.wandb_project,
-                entity=config.wandb_entity,
-                name=name or out.name,
-                group=out.name,
-                job_type=job_type,
-                dir=str(out),
-                config=config.as_dict(),
-                mode=attempt,
-                settings=wandb.Settings(**settings),
-            )
+            with _public_argv():
+                run = wandb.init(
+                    project=config.wandb_project,
+                    entity=config.wandb_entity,
+                    name=name or out.name,
+                    group=out.name,
+                    job_type=job_type,
+                    dir=str(out),
+                    config=config.as_dict(),
+                    mode=attempt,
+                    settings=wandb.Settings(**settings),
+                )
         except Exception as e:  # noqa: BLE001 - any W&B failure must not stop training
             log.warning("W&B %s run could not start (%s: %s)", attempt, type(e).__name__, e)
             continue
@@ -110,6 +114,19 @@ def start_run(config: TrainConfig, name: str | None = None, job_type: str = "pip
         return run
     log.warning("W&B: tracking disabled for this run; metrics go to the CSV log in %s", out)
     return None
+
+
+@contextmanager
+def _public_argv() -> Iterator[None]:
+    """W&B records the command line (``sys.argv``) in the run's metadata, in its binary run file
+    and on the server: while it starts, the arguments it sees have their URLs' credentials and
+    query strings removed (a mirror token in --download-url)."""
+    saved = sys.argv
+    sys.argv = public_args(saved)
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def offline_dir(run) -> Path:

@@ -1,11 +1,18 @@
 """Fault matrix, the secrets row: a token in --download-url and WANDB_API_KEY never appear in any
-file a run writes (output dir, data dir, registry, W&B files), in the Prefect flow-run record
-or in the run's logs; the download itself still uses the credentials."""
+byte a run writes (output dir, data dir, registry, W&B files binary included, the Prefect home
+and its database), in the Prefect flow-run record or in the run's logs; the download itself
+still uses the credentials. One run goes through the real command line: W&B records the command
+line's arguments in its binary run file, and only there is the token in ``sys.argv``."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import fakes
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -17,7 +24,31 @@ TOKEN, PASSWORD, API_KEY = "tok3n-PLANTED-4f2a", "passw0rd-PLANTED-9c1d", "k" * 
 
 
 def _files_containing(root: Path, needle: bytes) -> list[str]:
+    """Every file below ``root`` whose bytes hold ``needle``: text or binary, whatever its name."""
     return [str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]
+
+
+def test_no_secret_in_any_byte_of_a_command_line_run(server, archives, tmp_path):
+    url = server.url("/cifar10.tar.gz").replace("http://", f"http://reader:{PASSWORD}@") + f"?token={TOKEN}"
+    state = {var: str(tmp_path / var.lower()) for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR",
+                                                           "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")}
+    drop = ("PREFECT_API_URL",)  # its own temporary server, with its database in the Prefect home below
+    env = {k: v for k, v in os.environ.items() if k not in drop} | state | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"), "WANDB_API_KEY": API_KEY, "PREFECT_LOGGING_LEVEL": "INFO",
+        "CIFAR_LIT_CACHE": str(tmp_path / "cache")}
+    args = ["--data-dir", str(tmp_path / "data"), "--download-url", url, "--download-md5", fakes.md5(archives["cifar10"]),
+            "--recipe", "seed", "--max-epochs", "1", "--val-size", "40", "--batch-size", "16", "--num-workers", "0",
+            "--accelerator", "cpu", "--prediction-samples", "2", "--wandb-mode", "offline",
+            "--runs-dir", str(tmp_path / "runs"), "--output-dir", str(tmp_path / "runs" / "r1")]
+    proc = subprocess.run([sys.executable, "flows/train_flow.py", *args], cwd=Path(__file__).resolve().parents[2],
+                          env=env, capture_output=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:].decode(errors="replace")
+    wandb_files = list((tmp_path / "runs" / "r1").glob("wandb/offline-run-*/run-*.wandb"))
+    assert wandb_files and b"--download-url" in wandb_files[0].read_bytes()  # W&B did record the arguments ...
+    assert (tmp_path / "prefect-home").is_dir() and (tmp_path / "runs" / "registry").is_dir()
+    for secret in (TOKEN, PASSWORD, API_KEY):  # ... and no byte of any file, nor the logs, holds a secret
+        assert _files_containing(tmp_path, secret.encode()) == [], secret
+        assert secret.encode() not in proc.stdout + proc.stderr, secret
 
 
 @pytest.mark.usefixtures("prefect_api")
