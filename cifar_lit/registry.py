@@ -10,10 +10,11 @@ files and a card (``model.json``), and the aliases ``latest`` and ``production``
                      /aliases.json              {"latest": "v2", "production": "v1"}
                      /.lock
 
-Files only, so it works offline, in tests and on a mounted volume. Every change takes an
-exclusive ``flock`` on the model's ``.lock``: a version directory appears by one rename and
-``aliases.json`` is replaced by one rename, so readers never see half a version and two flows
-registering at once get different version numbers.
+Files only, so it works offline, in tests and on a mounted volume. Every change takes the
+model's ``.lock`` (``cifar_lit.locks``: waited for at most ``CIFAR_LIT_LOCK_TIMEOUT`` seconds):
+a version directory appears by one rename and ``aliases.json`` is replaced by one rename, so
+readers never see half a version and two flows registering at once get different version
+numbers.
 
 The same as a command: ``python -m cifar_lit.registry list|show|set-alias ...``.
 """
@@ -21,7 +22,6 @@ The same as a command: ``python -m cifar_lit.registry list|show|set-alias ...``.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import re
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_lit.atomic import write_json_atomic
+from cifar_lit.locks import LockTimeoutError, exclusive
 
 CARD, ALIASES = "model.json", "aliases.json"
 ALIAS_NAMES = ("latest", "production")
@@ -131,12 +132,9 @@ class Registry:
     def locked(self, name: str) -> Iterator[Path]:
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield folder
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive(folder / ".lock", f"registry {folder}",
+                       waiting=f"registry {folder}: waiting for another run's change to finish"):
+            yield folder
 
     def add(
         self,
@@ -214,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             reg.set_alias(args.name, args.alias, args.version)
             print(f"{args.name}: {args.alias} -> {args.version}")
-    except RegistryError as e:
+    except (RegistryError, LockTimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,18 +1,22 @@
 """A run owns its output dir: an exclusive lock while it runs, and no reuse of another run's dir.
 
 Two runs in one output dir would resume, test and export each other's checkpoints. The lock
-(``flock`` on ``<output_dir>/.lock``, released by the kernel when the process dies, even on
-SIGKILL) makes the second one fail at once with one line; a dir that already holds a run's
-checkpoints or summary is refused unless ``resume`` says to continue that run.
+(``<output_dir>/.lock``, ``cifar_lit.locks``: released by the kernel when the process dies, even
+on SIGKILL) makes the second one fail at once with one line naming the holder; a dir that
+already holds a run's checkpoints or summary is refused unless ``resume`` says to continue that
+run. A run that fails before writing anything leaves neither the lock nor the folder.
 """
 
 from __future__ import annotations
 
-import fcntl
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from cifar_lit.locks import LockTimeoutError, exclusive, holder
+
+LOCK = ".lock"
 
 
 class OutputDirError(ValueError):
@@ -39,20 +43,38 @@ def own_output_dir(out: Path, resume: bool = False) -> Iterator[Path]:
     out = Path(out)
     if str(out).strip() in ("", "."):
         raise OutputDirError("output_dir: must name a folder for this run, not the current directory")
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / ".lock", "a")  # noqa: SIM115 - held for the whole run
     except OSError as e:
         raise OutputDirError(f"output_dir: {out} is not writable ({e.strerror or e})") from None
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputDirError(f"output_dir: {out} is in use by another run; use a new --output-dir") from None
-        earlier = (out / "summary.json").exists() or any((out / "checkpoints").glob("*.ckpt"))
-        if earlier and not resume:
-            raise OutputDirError(f"output_dir: {out} holds an earlier run; use a new --output-dir, "
-                                 "or --resume to continue it")
-        yield out
+        with ExitStack() as held:
+            try:
+                held.enter_context(exclusive(out / LOCK, "output_dir", timeout=0))
+            except LockTimeoutError:
+                raise OutputDirError(f"output_dir: {out} is in use by another run ({holder(out / LOCK)}); "
+                                     "use a new --output-dir") from None
+            except PermissionError as e:
+                raise OutputDirError(f"output_dir: {out} is not writable ({e.strerror or e})") from None
+            earlier = (out / "summary.json").exists() or any((out / "checkpoints").glob("*.ckpt"))
+            if earlier and not resume:
+                raise OutputDirError(f"output_dir: {out} holds an earlier run; use a new --output-dir, "
+                                     "or --resume to continue it")
+            yield out
     finally:
-        lock.close()  # releases the lock
+        _remove_if_unused(out, created)
+
+
+def _remove_if_unused(out: Path, created: list[Path]) -> None:
+    """A run that failed before writing anything (a bad URL, a machine check) leaves no lock file
+    and no empty folders behind: while the output dir holds nothing but the lock, the lock goes,
+    and so do the folders this run created. (Another run's files or lock note keep them.)"""
+    try:
+        if {p.name for p in out.iterdir()} - {LOCK}:
+            return
+        (out / LOCK).unlink(missing_ok=True)
+        for folder in created:
+            folder.rmdir()  # deepest first; stops at the first that is not empty
+    except OSError:
+        pass
