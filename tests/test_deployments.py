@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -486,6 +487,51 @@ def test_nightly_deployments_cancel_a_run_while_one_is_going(deployed):
                 if not client.read_flow_run(run.id).state.is_final():
                     propose_state_sync(client, Cancelled(), flow_run_id=run.id, force=True)
                 client.delete_flow_run(run.id)
+
+
+def _latest_train_run() -> FlowRun:
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_filter=filters.FlowFilter(name=filters.FlowFilterName(any_=["train"])),
+                                       sort="START_TIME_DESC", limit=1)
+    return run
+
+
+@pytest.mark.slow
+def test_a_second_pod_finds_the_nightly_cache_on_the_volume(api, env, archives, tmp_path):
+    """The pods' environment, as the Kubernetes template renders it, keeps Prefect's results on
+    the volume: a second pod (another process, another home, the same volume) finds the first
+    one's download and split Cached. A pod whose results stay in its home finds nothing."""
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    config, _, _ = _render(KubernetesWorkerJobConfiguration, "cifar10-nightly-k8s")
+    (container,) = config.job_manifest["spec"]["template"]["spec"]["containers"]
+    rendered = {e["name"]: e["value"] for e in container["env"]}
+    assert rendered["PREFECT_LOCAL_STORAGE_PATH"].startswith(STORAGE + "/")
+    volume = tmp_path / "volume"  # stands in for /mnt/cifar-lit
+    on_volume = {"PREFECT_LOCAL_STORAGE_PATH": rendered["PREFECT_LOCAL_STORAGE_PATH"].replace(STORAGE, str(volume))}
+    server = fakes.FileServer({"/cifar10.tar.gz": archives["cifar10"]}).start()
+    args = ["--data-dir", str(volume / "data"), "--runs-dir", str(volume / "runs"), "--download-url",
+            server.url("/cifar10.tar.gz"), "--download-md5", fakes.md5(archives["cifar10"]), "--recipe", "seed",
+            "--max-epochs", "1", "--val-size", "40", "--batch-size", "16", "--num-workers", "0", "--accelerator", "cpu",
+            "--prediction-samples", "0", "--wandb-mode", "disabled"]
+
+    def pod(name: str, extra: dict[str, str]) -> dict[str, str]:
+        home = tmp_path / name / "home"
+        pod_env = {k: v for k, v in env.items() if k != "PREFECT_LOCAL_STORAGE_PATH"}  # the test session sets one
+        pod_env |= {"HOME": str(home), "PREFECT_HOME": str(home / ".prefect"), **extra}
+        run_cli([sys.executable, "flows/train_flow.py", *args], pod_env, timeout=RUN_TIMEOUT)
+        return {name: r.state.name for name, r in _task_runs(_latest_train_run().id).items()}
+
+    try:
+        first = pod("pod-a", on_volume)
+        second = pod("pod-b", on_volume)
+        alone = pod("pod-c", {})  # results in its own home, as before
+    finally:
+        server.stop()
+    assert (first["download"], first["split"]) == ("Completed", "Completed") and "fit" in first
+    assert (second["download"], second["split"]) == ("Cached", "Cached") and "fit" not in second  # skipped: unchanged
+    assert (alone["download"], alone["split"]) == ("Completed", "Completed")
+    assert list((volume / "prefect-results").iterdir())
 
 
 @pytest.mark.slow
