@@ -2,15 +2,19 @@
 
 ``gate`` evaluates the current ``production`` model (the champion) on the challenger's own test
 split, because a number measured on other data is not comparable (when the champion's own run
-tested on that same split with the same code, its recorded numbers are used), then promotes the challenger
-iff ``challenger test_acc >= champion test_acc + margin``. With no champion it promotes; when
-the class lists differ it does not, unless forced. A promoted model becomes the next registry
+tested on that same split with the same code, its recorded numbers are used), then promotes the
+challenger iff it classifies more test images correctly than the champion, by at least
+``promote_margin`` of them (at least one: a tie keeps production, so an equal model never becomes
+a new version). A challenger made from production's own data, code and effective config is a
+clone of it (a ``--force`` re-run) and is never promoted. With no champion it promotes; when the
+class lists differ it does not, unless forced. A promoted model becomes the next registry
 version with the aliases ``latest`` and ``production``; a rejected one stays in its run's
 output dir (and in W&B with ``latest``), so versions are the models that were in production.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,19 +137,39 @@ def _decide(config: TrainConfig, reg: Registry, name: str, split_file: Path, mod
     if theirs_classes != classes:
         return Decision(promoted=True, champion_test_acc=None, per_class=_per_class(classes, ours, None), **base,
                         reason=f"--force-promote: class lists differ from production {champion.version}"), champion
+    c = champion.card
+    if (c.get("data_fingerprint"), c.get("code_version"), c.get("effective_config")) == (
+            model_card.get("data_fingerprint"), model_card.get("code_version"), model_card.get("effective_config")):
+        return Decision(promoted=False, champion_test_acc=c.get("metrics", {}).get("test_acc"),
+                        per_class=_per_class(classes, ours, None), **base,
+                        reason=f"same data, code and config as production {champion.version}: "
+                               "a re-run reproduces production, it does not replace it"), champion
     recorded = _recorded_on(champion, split_file, model_card)
     if recorded is not None:
         (theirs_acc, theirs), where = recorded, "as its own run tested it on this same split"
     else:
         theirs_acc, theirs = evaluate_file(load_model(champion.file("model")), split_file, config.data_dir)
         where = "on the challenger's test split"
-    need = theirs_acc + config.promote_margin
-    promoted = acc >= need
-    verdict = ">=" if promoted else "<"
-    reason = (f"challenger test_acc {acc:.4f} {verdict} champion {champion.version} {theirs_acc:.4f}"
-              f" + margin {config.promote_margin:g} {where}")
+    # Counted in test images, not compared as floats: accuracies are float32 means.
+    n = len(Split.read(split_file).test)
+    ahead = round(acc * n) - round(theirs_acc * n)
+    need = margin_images(config.promote_margin, n)
+    promoted = ahead >= need
+    reason = (f"challenger test_acc {acc:.4f} against champion {champion.version} {theirs_acc:.4f} {where}: "
+              f"{ahead:+d} of {n} test images, {'at least' if promoted else 'fewer than'} the {need} needed "
+              f"(margin {config.promote_margin:g}, and at least one image)")
     return Decision(promoted=promoted, champion_test_acc=theirs_acc, reason=reason,
                     per_class=_per_class(classes, ours, theirs), **base), champion
+
+
+def margin_images(margin: float, n_test: int) -> int:
+    """How many more test images the challenger must get right: ``margin`` of ``n_test``,
+    rounded up, and at least one.
+
+    >>> margin_images(0.0, 60), margin_images(0.01, 60), margin_images(0.05, 60), margin_images(0.05, 10_000)
+    (1, 1, 3, 500)
+    """
+    return max(1, math.ceil(margin * n_test - 1e-9))
 
 
 def _recorded_on(champion: Version, split_file: Path, model_card: dict) -> tuple[float, list[float]] | None:
