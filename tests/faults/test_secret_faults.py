@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import fakes
-
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
