@@ -38,6 +38,7 @@ NOT_EFFECTIVE = frozenset({
     "output_dir", "runs_dir", "registry_dir", "data_dir", "download_url", "num_workers", "prediction_samples",
     "cache_max_gb",
     "wandb_mode", "wandb_project", "wandb_entity", "promote_margin", "force_promote", "force", "resume", "node_timeout",
+    "reprobe",
 })
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -68,7 +69,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "optimisation": ("batch_size", "max_epochs", "lr", "lr_batch", "optimizer", "muon_lr", "weight_decay", "patience",
                      "label_smoothing", "lr_schedule", "warmup", "time_budget", "max_time"),
     "hardware": ("precision", "accelerator", "devices", "strategy", "num_nodes", "node_timeout", "num_workers",
-                 "data_path", "channels_last", "compile"),
+                 "data_path", "channels_last", "compile", "deterministic", "reprobe"),
     "tracking": ("prediction_samples", "wandb_mode", "wandb_project", "wandb_entity"),
     "output and registry": ("output_dir", "runs_dir", "registry_dir", "promote_margin", "force_promote", "force",
                             "resume"),
@@ -181,6 +182,11 @@ class TrainConfig(BaseModel):
     )
     channels_last: bool | None = Field(None, description="NHWC memory format for the network and batches")
     compile: bool | None = Field(None, description="torch.compile the model before fitting")
+    deterministic: bool = Field(
+        False, description="bit-identical results on this machine: fixed epochs (no time budget), float32, "
+        "contiguous memory and Lightning's deterministic algorithms instead of what the probe measures fastest",
+    )
+    reprobe: bool = Field(False, description="time the machine again instead of using the probe's cached choice")
     # tracking and outputs
     prediction_samples: int = Field(16, ge=0, description="validation images logged to W&B with predictions")
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
@@ -193,8 +199,9 @@ class TrainConfig(BaseModel):
     # model registry and the champion/challenger gate
     registry_dir: Path | None = Field(None, description="the model registry (default RUNS_DIR/registry)")
     promote_margin: float = Field(
-        0.0, ge=-1, le=1, allow_inf_nan=False,
-        description="promote when challenger test_acc >= champion test_acc + this margin",
+        0.0, ge=0, le=1, allow_inf_nan=False,
+        description="promote only when challenger test_acc beats the champion's by at least this much "
+                    "(and always by at least one test image: a tie never promotes)",
     )
     force_promote: bool = Field(False, description="promote even when the class lists differ from the champion's")
     force: bool = Field(False, description="train even when production was made from the same data, code and config")
@@ -297,6 +304,10 @@ class TrainConfig(BaseModel):
             raise ValueError(f"val_size: {self.val_size} must be smaller than the {CIFAR_TRAIN_SIZE} training images")
         if self.resume and self.output_dir is None:
             raise ValueError("resume: name the run to continue with --output-dir")
+        if self.deterministic and (self.time_budget not in (None, "auto") or self.max_time is not None):
+            flag = "--time-budget" if self.time_budget not in (None, "auto") else "--max-time"
+            raise ValueError(f"deterministic: {flag} ends the fit by the clock, which no two runs share; "
+                             "give --max-epochs instead")
         if (self.download_url is None) != (self.download_md5 is None) and self.dataset != "imagefolder":
             raise ValueError("download_md5: a mirror needs both --download-url and --download-md5")
         if self.weights_file is not None and not self.weights_file.is_file():

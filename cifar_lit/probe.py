@@ -21,9 +21,11 @@ recipes used before, channels_last, bf16 where the CPU has AMX.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
+import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,8 +42,14 @@ log = logging.getLogger(__name__)
 
 PROBED_FIELDS = ("precision", "channels_last")
 CACHE_ENV = "CIFAR_LIT_CACHE"
-STEPS = 3  # timed steps per candidate, after one warm-up step
-CACHE_FORMAT = 1
+STEPS = 2  # timed steps per candidate and round, after one warm-up step
+ROUNDS = 2  # every candidate is timed this often, the rounds interleaved
+# Two rounds of one candidate further apart than this (of the faster) mean something else ran
+# meanwhile: the choice is used for this run but not cached, so one measurement taken under load
+# (14 images/s cached on a machine that does 1,600) cannot steer every later run.
+NOISE = 0.25
+BUSY = 0.25  # nor when other processes used more than this share of the CPUs meanwhile
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -60,10 +68,14 @@ class Probed:
     seconds: float  # spent probing in this run: 0 when the cache answered
     cached: bool
     forced_precision: str | None = None  # CIFAR_LIT_PROBE_PRECISION, when it decided the precision
+    load: float | None = None  # the share of the CPUs other processes used while it measured
+    noisy: bool = False  # its rounds disagreed, or the machine was busy: used, not cached
+    decided_by: str = "measured"  # measured, cache, or deterministic (no timing: fixed choices)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self.choice), "images_per_second": self.images_per_second, "seconds": round(self.seconds, 2),
-                "cached": self.cached, "forced_precision": self.forced_precision}
+                "cached": self.cached, "forced_precision": self.forced_precision, "load": self.load,
+                "noisy": self.noisy, "decided_by": self.decided_by}
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
@@ -90,12 +102,48 @@ def cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _busy_seconds() -> float | None:
+    """CPU seconds every CPU of the machine has been busy since boot (Linux; None elsewhere)."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+class OthersLoad:
+    """The share of the machine's CPUs that other processes used while it was open (0: none
+    but this one ran; 1: every CPU busy with something else). Not the load average, which
+    counts this process's own work and trails by a minute."""
+
+    def __enter__(self) -> OthersLoad:
+        self.start = (time.perf_counter(), _busy_seconds(), _own_seconds())
+        self.share: float | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall0, busy0, own0 = self.start
+        busy1 = _busy_seconds()
+        if busy0 is None or busy1 is None:
+            return
+        wall = time.perf_counter() - wall0
+        others = (busy1 - busy0) - (_own_seconds() - own0)
+        self.share = round(min(1.0, max(0.0, others / max(wall * (os.cpu_count() or 1), 1e-9))), 2)
+
+
 def machine(device: str) -> dict[str, Any]:
-    """What identifies this machine for the cache: another CPU, GPU or torch is another entry."""
+    """What identifies this machine for the cache: another CPU, GPU, torch or Lightning is
+    another entry."""
     model, flags = cpu_flags()
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
     return {"cpu": model, "flags": hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:16], "cpus": cpus(),
-            "torch": torch.__version__, "gpu": gpu}
+            "torch": torch.__version__, "lightning": importlib.metadata.version("lightning"), "gpu": gpu}
 
 
 def cache_file() -> Path:
@@ -147,8 +195,10 @@ def given(config) -> dict[str, Any]:
     return {name: getattr(config, name) for name in PROBED_FIELDS if getattr(config, name) is not None}
 
 
-def measure(config, num_classes: int, device: str) -> dict[Choice, float]:
-    """Images/s of each candidate: the configured network, optimizer and batch size."""
+def measure(config, num_classes: int, device: str) -> tuple[dict[Choice, float], float]:
+    """Images/s of each candidate (the configured network, optimizer and batch size: the faster
+    of ``ROUNDS`` interleaved rounds), and the largest disagreement between one candidate's
+    rounds, as a fraction of the faster."""
     from cifar_lit.models import build_model
     from cifar_lit.module import LitClassifier
 
@@ -157,7 +207,7 @@ def measure(config, num_classes: int, device: str) -> dict[Choice, float]:
     batch = torch.randn(config.batch_size, 3, size, size, generator=generator).to(device)
     labels = torch.randint(0, num_classes, (config.batch_size,), generator=generator).to(device)
     threads = torch.get_num_threads()
-    rates = {}
+    steps, rounds = {}, {}
     try:
         for choice in candidates(device, given(config)):
             net = build_model(config.model, num_classes).to(device)
@@ -165,10 +215,16 @@ def measure(config, num_classes: int, device: str) -> dict[Choice, float]:
                 net = net.to(memory_format=torch.channels_last)
             module = LitClassifier(net, num_classes, lr=config.step_lr, optimizer=config.optimizer,
                                    weight_decay=config.weight_decay, muon_lr=config.muon_lr)
-            rates[choice] = images_per_second(_step(net, module.build_optimizer(100)[0], labels), choice, batch, device)
+            steps[choice] = _step(net, module.build_optimizer(100)[0], labels)
+        # Interleaved, so a burst of other work slows one round of every candidate, not all the
+        # rounds of one (which would pick the wrong one and look consistent).
+        for _ in range(ROUNDS):
+            for choice, step in steps.items():
+                rounds.setdefault(choice, []).append(images_per_second(step, choice, batch, device))
     finally:
         torch.set_num_threads(threads)
-    return rates
+    spread = max((max(r) - min(r)) / max(r) if max(r) > 0 else 0.0 for r in rounds.values())
+    return {c: max(r) for c, r in rounds.items()}, spread
 
 
 def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, labels: torch.Tensor):
@@ -189,8 +245,9 @@ def key(config, num_classes: int, device: str) -> str:
 
 
 def probe(config, num_classes: int, device: str = "cpu") -> Probed:
-    """The fastest candidate for ``config`` on this machine: from the cache, else measured and
-    cached. A cache that cannot be read or written is only a slower start, never a failure."""
+    """The fastest candidate for ``config`` on this machine: from the cache (unless
+    ``config.reprobe``), else measured, and cached when the measurement was clean. A cache that
+    cannot be read or written is only a slower start, never a failure."""
     path, k = cache_file(), key(config, num_classes, device)
     forced = None if "precision" in given(config) else forced_precision()
     try:
@@ -199,19 +256,28 @@ def probe(config, num_classes: int, device: str = "cpu") -> Probed:
         entries = {}
     if not isinstance(entries, dict):
         entries = {}
-    if isinstance(hit := entries.get(k), dict):
+    if isinstance(hit := entries.get(k), dict) and not getattr(config, "reprobe", False):
         try:
-            return Probed(Choice(**hit["choice"]), hit["images_per_second"], 0.0, cached=True, forced_precision=forced)
+            return Probed(Choice(**hit["choice"]), hit["images_per_second"], 0.0, cached=True, forced_precision=forced,
+                          load=hit.get("load"), decided_by="cache")
         except (KeyError, TypeError):
             pass  # an entry of another layout: measure again
     t0 = time.perf_counter()
-    rates = measure(config, num_classes, device)
+    with OthersLoad() as others:
+        rates, spread = measure(config, num_classes, device)
     best = max(rates, key=rates.get)
+    load = others.share
+    noisy = spread > NOISE or (load is not None and load > BUSY)
     result = Probed(best, {words(c): round(r, 1) for c, r in rates.items()}, time.perf_counter() - t0, cached=False,
-                    forced_precision=forced)
+                    forced_precision=forced, load=load, noisy=noisy)
     log.info("probe: %s is fastest here (%s images/s; %s)", words(best), f"{rates[best]:.0f}",
              "; ".join(f"{w} {r:.0f}" for w, r in result.images_per_second.items()))
-    entries[k] = {"choice": asdict(best), "images_per_second": result.images_per_second}
+    if noisy:
+        log.warning("probe: the machine was busy (other processes used %s of its CPUs; rounds %.0f%% apart): its "
+                    "choice is used for this run, not cached", "an unknown share" if load is None else f"{load:.0%}",
+                    100 * spread)
+        return result
+    entries[k] = {"choice": asdict(best), "images_per_second": result.images_per_second, "load": load}
     try:
         write_json_atomic(path, entries)
     except OSError as e:
@@ -234,7 +300,10 @@ def apply(config, num_classes: int) -> tuple[Any, Probed | None]:
         return config, None
     distributed = config.strategy.startswith("ddp") or config.num_nodes > 1
     device = "cuda" if wants_gpu(config.accelerator) else "cpu"
-    if distributed:
+    if getattr(config, "deterministic", False):  # what was fastest may differ next time: the same choices every run
+        found = Choice("32-true", False, torch.get_num_threads())
+        probed = Probed(found, {}, 0.0, cached=False, decided_by="deterministic")
+    elif distributed:
         precision = forced_precision() or ("bf16-mixed" if cpu_has_amx() else "32-true")
         found, probed = Choice(precision, True, torch.get_num_threads()), None
     else:

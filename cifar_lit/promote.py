@@ -28,6 +28,7 @@ from cifar_lit.data.tensors import split_parts
 from cifar_lit.model_file import LoadedModel, load_model
 from cifar_lit.provenance import code_version, git_commit
 from cifar_lit.registry import ProductionMoved, Registry, Version
+from cifar_lit.summary import decisions
 
 
 @dataclass
@@ -67,8 +68,9 @@ def evaluate_file(model: LoadedModel, split_file: Path, data_dir: Path) -> tuple
     return float(correct.float().mean()), per_class
 
 
-def card(config: TrainConfig, tested: dict, fingerprint: str, run_name: str) -> dict[str, Any]:
-    """What the registry records about a model besides its files."""
+def card(config: TrainConfig, tested: dict, fingerprint: str, run_name: str, fitted: dict | None = None) -> dict[str, Any]:
+    """What the registry records about a model besides its files (``fitted``: the fit's result,
+    for what it decided at run time)."""
     return {
         "metrics": tested["metrics"],
         "per_class": tested["per_class"],
@@ -81,6 +83,7 @@ def card(config: TrainConfig, tested: dict, fingerprint: str, run_name: str) -> 
         "git_commit": git_commit(),
         "run_name": run_name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "decisions": decisions(config, fitted or {}),
     }
 
 

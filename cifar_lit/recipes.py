@@ -350,7 +350,7 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     if recipe == "auto":
         hardware = hardware or Hardware.detect(config.accelerator)
         recipe = values["recipe"] = "gpu-fast" if hardware.gpu else "cpu-fast"
-        if config.time_budget is None and config.max_epochs is None:
+        if config.time_budget is None and config.max_epochs is None and not config.deterministic:
             values["time_budget"] = "auto"  # its seconds and epoch cap once the data is known
     preset = RECIPES[recipe]
     for name, value in preset.items():

@@ -50,6 +50,8 @@ def build_summary(
         "budget": fit.get("budget"),
         # What the recipe left to the machine, as timed on it (cifar_lit.probe).
         "probe": fit.get("probe"),
+        # What two runs of the same command may decide differently, in one place.
+        "decisions": decisions(config, fit),
         "per_class": test["per_class"],
         # A model that collapsed onto one class, or does no better than guessing the largest
         # one: the run still completes (its numbers are true), but says so everywhere it reports.
@@ -59,6 +61,28 @@ def build_summary(
         "model_artifact": {k: v for k, v in export.items() if k not in ("metadata", "files")} if export else None,
         "promotion": {k: promotion.get(k) for k in PROMOTION_KEYS} if promotion else None,
         "config": config.as_dict(),
+    }
+
+
+def decisions(config: TrainConfig, fit: dict) -> dict[str, Any]:
+    """What this run decided at run time, which the same command on another machine, or on this
+    one under load, may decide otherwise: the precision and memory format it trained in (the
+    probe's choice, or the config's), the steps and epochs a time budget planned from the speed
+    it measured, and the load the probe measured under. Fixed epochs and ``--deterministic``
+    (fixed choices, no clock) make runs on one machine repeat bit for bit."""
+    probe, budget = fit.get("probe") or {}, fit.get("budget") or {}
+    return {
+        "precision": probe.get("precision", config.precision),
+        "channels_last": probe.get("channels_last", config.channels_last),
+        "threads": probe.get("threads"),
+        "decided_by": probe.get("decided_by", "config"),
+        "probe_load": probe.get("load"),
+        "probe_noisy": probe.get("noisy"),
+        "time_budget_s": budget.get("seconds"),
+        "steps": budget.get("steps"),
+        "images_per_second": budget.get("images_per_second"),
+        "epochs_completed": fit.get("epochs_completed"),
+        "deterministic": config.deterministic,
     }
 
 

@@ -89,6 +89,7 @@ def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, *
         plugins=[AtomicCheckpointIO()],
         # Log at least once per epoch even on tiny datasets.
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
+        deterministic=config.deterministic or None,
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)

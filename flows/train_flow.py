@@ -125,9 +125,8 @@ def _train(config: TrainConfig) -> dict:
             config, Path(fitted["best_checkpoint"]), tested["metrics"], fingerprint, staged, return_state=True
         )
         exported, export_error = _exported(config, export_state)
-        promotion = promote_model(
-            config, exported["files"], staged, card(config, tested, fingerprint, out.name), _artifact_key(config, "promotion")
-        )
+        promotion = promote_model(config, exported["files"], staged, card(config, tested, fingerprint, out.name, fitted),
+                                  _artifact_key(config, "promotion"))
         summary = build_summary(**parts, wandb=tracking.run_info(), export=exported, promotion=promotion)
     finally:
         tracking.finish_run()

@@ -89,6 +89,9 @@ def test_cli_maps_every_field_to_a_flag():
         (["--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
         (["--seed", str(2**32)], "--seed: Input should be less than or equal to 4294967295"),
         (["--force", "yes"], "unrecognized arguments: yes"),
+        (["--promote-margin", "-0.1"], "--promote-margin: Input should be greater than or equal to 0"),
+        (["--deterministic", "--time-budget", "1m"], "--deterministic: --time-budget ends the fit by the clock"),
+        (["--deterministic", "--max-time", "00:00:10:00"], "--deterministic: --max-time ends the fit by the clock"),
     ],
 )
 def test_bad_flag_exits_2_with_one_line(argv, message, capsys):

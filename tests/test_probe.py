@@ -7,6 +7,9 @@ tests): these tests clear it, except those about it."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -36,15 +39,17 @@ def test_the_fastest_candidate_is_chosen_and_cached_per_machine(monkeypatch, tmp
 
     def timing(step, choice, batch, device):
         timed.append(choice)
-        rate = real(step, choice, batch, device)  # the real network, optimizer and batch ...
-        return rate * (10 if choice.channels_last else 1)  # ... on a machine where channels_last is 10x faster
+        real(step, choice, batch, device)  # the real network, optimizer and batch steps ...
+        # ... on a machine where channels_last is 10x faster, and steady (a real 16-image step is
+        # a few ms, whose rounds a busy machine puts far apart: then nothing would be cached).
+        return 100.0 * (10 if choice.channels_last else 1)
 
     monkeypatch.setattr(probe, "images_per_second", timing)
     config = _config()
     assert probe.wants_probe(config) == ["precision", "channels_last"]
     found = probe.probe(config, num_classes=10)
     assert not found.cached and found.seconds > 0 and found.choice.channels_last
-    assert {c.channels_last for c in timed} == {False, True} and len(found.images_per_second) == len(timed)
+    assert {c.channels_last for c in timed} == {False, True} and probe.ROUNDS * len(found.images_per_second) == len(timed)
     entries = json.loads((tmp_path / "probe.json").read_text())
     assert [e["choice"] for e in entries.values()] == [{"precision": found.choice.precision, "channels_last": True,
                                                       "threads": found.choice.threads}]
@@ -171,3 +176,65 @@ def test_a_fit_forced_to_bf16_trains_and_tests_in_bf16(make_config, monkeypatch,
     monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("the test step probed again"))
     tested = train.evaluate(cfg, cfg.out / "split.json", fitted.last_checkpoint)  # the checkpoint's precision
     assert tested.metrics["test_acc"] > 0.2
+
+
+def _steady(monkeypatch, rates=lambda choice, n: 100.0, seconds: float = 0.0) -> list:
+    """Fake timings (``rates(choice, n)`` for the n-th timing) that take ``seconds`` each."""
+    timed = []
+
+    def timing(step, choice, batch, device):
+        timed.append(choice)
+        time.sleep(seconds)
+        return rates(choice, len(timed))
+
+    monkeypatch.setattr(probe, "images_per_second", timing)
+    return timed
+
+
+def test_rounds_far_apart_are_used_but_not_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    n_candidates = len(probe.candidates("cpu", {}))
+    # The second round of every candidate runs at half the speed of the first: something else ran.
+    _steady(monkeypatch, lambda choice, n: 100.0 if n <= n_candidates else 50.0)
+    found = probe.probe(_config(), num_classes=10)
+    assert found.noisy and not found.cached and not (tmp_path / "probe.json").exists()
+    _steady(monkeypatch)  # quiet: cached, and the next fit reads it
+    assert not probe.probe(_config(), num_classes=10).noisy
+    again = probe.probe(_config(), num_classes=10)
+    assert again.cached and again.decided_by == "cache" and not again.noisy
+
+
+def test_a_probe_beside_other_work_is_used_but_not_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    _steady(monkeypatch, seconds=0.1)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(probe.cpus())]
+    try:
+        time.sleep(0.3)
+        found = probe.probe(_config(), num_classes=10)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert found.load is not None and found.load > probe.BUSY, found.load  # every CPU had another process
+    assert found.noisy and not (tmp_path / "probe.json").exists()
+
+
+def test_reprobe_times_again_and_replaces_the_cached_choice(monkeypatch, tmp_path):
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    _steady(monkeypatch, lambda choice, n: 100.0 * (2 if choice.channels_last else 1))
+    assert probe.probe(_config(), num_classes=10).choice.channels_last
+    timed = _steady(monkeypatch, lambda choice, n: 100.0 * (1 if choice.channels_last else 2))  # the machine changed
+    assert probe.probe(_config(), num_classes=10).cached and timed == []  # the cache still says channels_last
+    found = probe.probe(_config(reprobe=True), num_classes=10)
+    assert not found.cached and timed and not found.choice.channels_last
+    assert not probe.probe(_config(), num_classes=10).choice.channels_last  # what reprobe measured is cached now
+
+
+def test_deterministic_takes_fixed_choices_without_timing(monkeypatch, tmp_path):
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("a deterministic fit must not probe"))
+    config, found = probe.apply(_config(deterministic=True), num_classes=10)
+    assert (config.precision, config.channels_last) == ("32-true", False) and found.decided_by == "deterministic"
+    # The auto recipe keeps its fixed epochs instead of a time budget.
+    assert resolve(TrainConfig(deterministic=True)).time_budget is None
+    assert resolve(TrainConfig()).time_budget == "auto"
