@@ -9,6 +9,7 @@ from typing import Any
 from cifar_lit.atomic import write_json_atomic
 from cifar_lit.config import TrainConfig
 from cifar_lit.provenance import code_version, git_commit
+from cifar_lit.quality import small_test_split
 
 
 def build_summary(
@@ -56,6 +57,10 @@ def build_summary(
         # A model that collapsed onto one class, or does no better than guessing the largest
         # one: the run still completes (its numbers are true), but says so everywhere it reports.
         "warnings": list(test.get("warnings") or []),
+        # A test split too small to tell models apart, and what one image is worth.
+        "test_split_warning": small_test_split({r["class"]: r["support"] for r in test["per_class"]}),
+        # Which metrics saw test-time augmentation: the test step's, never validation's.
+        "tta": {"test_acc": tta_words(config.tta), "val_acc": "none"},
         "wandb": wandb,
         "model_files": export["files"] if export else None,
         "model_artifact": {k: v for k, v in export.items() if k not in ("metadata", "files")} if export else None,
@@ -84,6 +89,11 @@ def decisions(config: TrainConfig, fit: dict) -> dict[str, Any]:
         "epochs_completed": fit.get("epochs_completed"),
         "deterministic": config.deterministic,
     }
+
+
+def tta_words(tta: int | None) -> str:
+    """The test-time augmentation a ``tta`` level averages over, in words."""
+    return {None: "none", 0: "none", 1: "flip", 2: "flip and 1px shifts"}.get(tta, f"level {tta}")
 
 
 PROMOTION_KEYS = ("promoted", "version", "champion_version", "champion_test_acc", "challenger_test_acc", "reason")
@@ -182,15 +192,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         where = f"offline at `{wb['path']}`; upload with `wandb sync {wb['path']}`"
     else:
         where = "disabled"
+    tta = summary.get("tta") or {}
+    label = {k: f"{k} ({'TTA: ' + v if v != 'none' else 'no TTA'})" for k, v in tta.items()}
     rows = ["| metric | value |", "|---|---|"] + [
-        f"| {k} | {_fmt(summary[k])} |"
+        f"| {label.get(k, k)} | {_fmt(summary[k])} |"
         for k in ("test_acc", "test_loss", "val_acc", "best_val_acc", "epochs_completed", "fit_seconds", "skipped_images")
     ]
     promo = summary.get("promotion")
     verdict = (f"**Promotion**: {'promoted to ' + promo['version'] if promo['promoted'] else 'not promoted'}: {promo['reason']}"
                if promo else "**Promotion**: not reached")
     cfg = ["| field | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in summary["config"].items()]
-    warnings = [f"- **Warning**: {w}" for w in summary.get("warnings") or []]
+    warnings = [f"- **Warning**: {w}" for w in [*(summary.get("warnings") or []), summary.get("test_split_warning")] if w]
     return "\n".join(
         [
             f"# Run summary: {summary['config']['dataset']} / {summary['config']['model']}",

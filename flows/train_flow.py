@@ -141,7 +141,10 @@ def _train(config: TrainConfig) -> dict:
                               description=f"images per class and split ({data['skipped']} files skipped)")
     for warning in summary["warnings"]:
         logger.warning("the model may not have learned: %s", warning)
-    logger.info("test_acc %.4f; %s; summary: %s", summary["test_acc"], promotion["reason"], out / "summary.json")
+    if summary["test_split_warning"]:
+        logger.warning("%s", summary["test_split_warning"])
+    logger.info("test_acc %.4f (test-time augmentation: %s); %s; summary: %s", summary["test_acc"],
+                summary["tta"]["test_acc"], promotion["reason"], out / "summary.json")
     if export_error:  # everything else is done and on disk; the run must still not look Completed
         return Failed(message=export_error, data=summary)
     return summary

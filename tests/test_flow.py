@@ -261,3 +261,9 @@ def test_a_collapsed_model_completes_with_its_warnings_in_the_summary_and_the_ui
     ]
     shown = _artifacts(run_id)["markdown"].data
     assert all(f"**Warning**: {w}" in shown for w in summary["warnings"])
+    # 60 test images, 6 a class: too few to rank models, and the summary says what one is worth.
+    small = summary["test_split_warning"]
+    assert small.startswith("the test split has 60 images (fewer than 500), ") and "only 6 and 9 more" in small
+    assert "one image is worth 1.67 points of test_acc" in small and f"**Warning**: {small}" in shown
+    # Every accuracy says whether test-time augmentation made it (the seed recipe uses none).
+    assert summary["tta"] == {"test_acc": "none", "val_acc": "none"} and "| test_acc (no TTA) |" in shown

@@ -111,6 +111,7 @@ def test_promote_skip_reject_and_a_better_challenger(make_config, tmp_path):
     first, run1 = _run(_folder_config(make_config, root, tmp_path / "r1", max_epochs=2))
     assert first["promotion"]["promoted"] and first["promotion"]["version"] == "v1"
     assert first["promotion"]["reason"] == "no production model yet"
+    assert first["tta"] == {"test_acc": "flip", "val_acc": "none"}  # cpu-fast tests with flips; validation never
     reg = Registry(registry)
     name = "shapes-airnet_s"
     assert reg.names() == [name] and reg.aliases(name) == {"latest": "v1", "production": "v1"}
