@@ -34,6 +34,37 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def check_install(prog: str) -> None:
+    """torch and torchvision load together, else one line that says how to reinstall them, exit 1.
+
+    torch and torchvision installed from different indexes (a CUDA torch beside a CPU
+    torchvision, or versions that were not built together) fail on import with
+    ``operator torchvision::nms does not exist`` or an undefined symbol, which every command
+    would otherwise end with as a 48-line traceback."""
+    try:
+        import torch
+        import torchvision  # noqa: F401 - its import registers the operators that fail
+    except (ImportError, RuntimeError, OSError, AttributeError) as e:
+        versions = _installed("torch", "torchvision")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        _exit(prog, RuntimeError(
+            f"torch and torchvision cannot be loaded together ({versions}: {first}); reinstall both from one index, "
+            "e.g. pip install --force-reinstall torch torchvision (add the same --index-url to both for CUDA builds)"))
+    del torch
+
+
+def _installed(*names: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} not installed"
+
+    return ", ".join(one(n) for n in names)
+
+
 def one_line_errors() -> tuple[type[BaseException], ...]:
     """Failures whose message already says what went wrong and what to do: a traceback adds
     nothing for the user (the Prefect UI still gets it)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from flows.command import prefect_defaults, run_or_exit
+from flows.command import check_install, prefect_defaults, run_or_exit
 
 PROG = "predict_flow.py"
 if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
@@ -22,6 +22,7 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the hea
 
     CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG, model=PredictConfig)
     API = TemporaryAPI()  # boots while torch is imported below; the flow waits for it
+    check_install(PROG)  # a broken torch/torchvision pair is one line, not a traceback
 
 prefect_defaults()
 from prefect import flow, get_run_logger, task

@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from flows.command import prefect_defaults, run_or_exit
+from flows.command import check_install, prefect_defaults, run_or_exit
 from flows.temporary_api import TemporaryAPI
 
 PROG = "train_flow.py"
@@ -29,6 +29,7 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the hea
     # The API server boots while torch and Lightning are imported below; any wait left for it
     # goes to importing W&B, which the run imports next.
     API = TemporaryAPI(preload=("wandb", "wandb.apis.public") if CLI_CONFIG.wandb_mode != "disabled" else ())
+    check_install(PROG)  # a broken torch/torchvision pair is one line, not a traceback
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.runtime import flow_run

@@ -67,3 +67,24 @@ def test_a_slow_temporary_prefect_server_is_one_line_naming_prefect_api_url(tmp_
     assert last.startswith("train_flow.py: error: Prefect's temporary API server did not answer within 0 s")
     assert "PREFECT_API_URL" in last and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in last
     assert processes_of(tmp_path / "prefect-home") == []
+
+
+def test_a_broken_torch_torchvision_pair_is_one_line_saying_how_to_reinstall(tmp_path):
+    # torchvision from another index than torch fails on import like this (its C++ operators are
+    # missing); a stand-in package first on the path makes the real commands meet that failure.
+    broken = tmp_path / "site" / "torchvision"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    env = _env(tmp_path) | {"PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}"}
+    for script, prog, args in (("flows/train_flow.py", "train_flow.py", ["--wandb-mode", "disabled",
+                                                                         "--runs-dir", str(tmp_path / "runs")]),
+                               ("flows/predict_flow.py", "predict_flow.py", ["--input", str(tmp_path)])):
+        proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
+        (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"{prog}: error: ")]
+        assert "torch and torchvision cannot be loaded together" in line and "torchvision::nms" in line
+        assert "pip install --force-reinstall torch torchvision" in line and len(output.splitlines()) <= 2, output
+    assert processes_of(tmp_path / "prefect-home") == []  # the temporary API server stopped with it
+    assert not (tmp_path / "runs").exists()  # nothing was started
