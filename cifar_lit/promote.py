@@ -129,8 +129,10 @@ def _decide(config: TrainConfig, reg: Registry, name: str, split_file: Path, mod
     champion = reg.find(name, "production")
     ours = [r["accuracy"] for r in model_card["per_class"]]
     if champion is None:
-        return Decision(name, True, None, None, None, acc, "no production model yet",
-                        _per_class(classes, ours, None)), None
+        gone = reg.dangling(name).get("production")
+        reason = (f"no production model: production pointed at {gone}, whose folder is gone" if gone
+                  else "no production model yet")
+        return Decision(name, True, None, None, None, acc, reason, _per_class(classes, ours, None)), None
     base = dict(name=name, version=None, champion_version=champion.version, challenger_test_acc=acc)
     theirs_classes = list(champion.card.get("classes", []))
     if theirs_classes != classes and not config.force_promote:

@@ -22,14 +22,15 @@ The same as a command: ``python -m cifar_lit.registry list|show|set-alias ...``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from cifar_lit.locks import LockTimeoutError, exclusive
 CARD, ALIASES = "model.json", "aliases.json"
 ALIAS_NAMES = ("latest", "production")
 _VERSION = re.compile(r"v([1-9]\d*)")
+_CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
 
 class RegistryError(ValueError):
@@ -105,9 +107,16 @@ class Registry:
         return Version(name, version, path, self._card(path))
 
     def find(self, name: str, alias: str) -> Version | None:
-        """The version an alias points at, or None."""
+        """The version an alias points at, or None (also when that version's folder is gone: a
+        deleted version must not block every later run; ``dangling`` names such aliases)."""
         version = self.aliases(name).get(alias) if (self.root / name).is_dir() else None
-        return self.get(name, version=version) if version else None
+        if version is None or not (self.root / name / version).is_dir():
+            return None
+        return self.get(name, version=version)
+
+    def dangling(self, name: str) -> dict[str, str]:
+        """Aliases of ``name`` that point at a version whose folder is gone (deleted by hand)."""
+        return {a: v for a, v in self.aliases(name).items() if not (self.root / name / v).is_dir()}
 
     def only_name(self) -> str:
         names = self.names()
@@ -130,11 +139,30 @@ class Registry:
     # ---- writing --------------------------------------------------------------------------
     @contextmanager
     def locked(self, name: str) -> Iterator[Path]:
+        """Hold the model's lock. A registry that cannot be written (read-only, a file, full) is a
+        one-line ``RegistryError``, whether that shows at the lock or in the change made under it."""
         folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        with exclusive(folder / ".lock", f"registry {folder}",
-                       waiting=f"registry {folder}: waiting for another run's change to finish"):
-            yield folder
+        with ExitStack() as held:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                held.enter_context(exclusive(folder / ".lock", f"registry {folder}",
+                                             waiting=f"registry {folder}: waiting for another run's change to finish"))
+            except LockTimeoutError:
+                raise
+            except OSError as e:
+                raise self._unwritable(e) from None
+            # Staging folders are written only under this lock: any left now are a killed run's.
+            for stale in folder.glob(".new-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                yield folder
+            except OSError as e:
+                if isinstance(e, LockTimeoutError) or e.errno not in _CANNOT_WRITE:
+                    raise
+                raise self._unwritable(e) from None
+
+    def _unwritable(self, e: OSError) -> RegistryError:
+        return RegistryError(f"registry {self.root}: cannot be written ({e.strerror or e})")
 
     def add(
         self,
@@ -151,16 +179,21 @@ class Registry:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise RegistryError(f"model name {name!r}: use letters, digits, '-', '_' and '.'")
         with self.locked(name) as folder:
-            if expect_production is not ... and self.aliases(name).get("production") != expect_production:
+            if expect_production is not ... and getattr(self.find(name, "production"), "version", None) != expect_production:
                 raise ProductionMoved(name)
-            staging = Path(tempfile.mkdtemp(prefix=".new-", dir=folder))
+            # Not mkdtemp: its 0700 would keep a predict job or server of another user of the
+            # shared volume out of every version. mkdir honours the umask, as the files do.
+            staging = folder / f".new-{os.getpid()}-{secrets.token_hex(4)}"
+            staging.mkdir()
             try:
                 names = {}
                 for key, src in files.items():
                     shutil.copy2(src, staging / Path(src).name)
                     names[key] = Path(src).name
-                existing = self.versions(name)
-                version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
+                # After every version there is and every one an alias names (a deleted version's
+                # number is never given to another model).
+                taken = [int(v[1:]) for v in [*self.versions(name), *self.aliases(name).values()] if _VERSION.fullmatch(v)]
+                version = f"v{max(taken, default=0) + 1}"
                 full = {**card, "name": name, "version": version, "files": names,
                         "registered": datetime.now(UTC).isoformat(timespec="seconds")}
                 write_json_atomic(staging / CARD, full, indent=2, sort_keys=True)
@@ -205,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                     tags = ", ".join(a for a, target in sorted(aliases.items()) if target == v)
                     acc = reg.get(name, version=v).card.get("metrics", {}).get("test_acc")
                     print(f"{name} {v}  test_acc={acc}  {tags}")
+                for alias, v in sorted(reg.dangling(name).items()):
+                    print(f"{name} {v}  MISSING: {alias} points at a version that is gone; "
+                          f"set-alias {name} {alias} <version> to repair it")
         elif args.command == "show":
             ref = args.version or "production"
             v = reg.get(args.name, version=ref) if _VERSION.fullmatch(ref) else reg.get(args.name, alias=ref)

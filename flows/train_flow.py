@@ -77,6 +77,7 @@ def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> dict:
 def _train(config: TrainConfig) -> dict:
     logger = get_run_logger()
     check_machine(config)  # before any data work
+    check_writable(config.registry, "registry_dir")  # not only after fit, test and export
     out = config.out
     logger.info("output dir: %s", out.resolve())
     # Cached stages re-run on their own when their output is gone from disk.
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None, config: TrainConfig | None = None, api: 
     try:  # the user's one-line error, before any flow run exists (the flow checks again)
         check_machine(config)
         check_writable(config.output_dir or config.runs_dir, "output_dir" if config.output_dir else "runs_dir")
+        check_writable(config.registry, "registry_dir")
     except (MachineError, OutputDirError) as e:
         field, _, message = str(e).partition(": ")
         fail(PROG, f"{flag(field)}: {message}")
