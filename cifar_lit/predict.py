@@ -14,6 +14,7 @@ an ``error``, not a crash.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -21,17 +22,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cifar_lit.atomic import save_atomic
 from cifar_lit.data.imagefolder import load_rgb
 from cifar_lit.model_file import LoadedModel
 from cifar_lit.registry import RegistryError
+from cifar_lit.rundir import OutputDirError, check_writable
 
 TOP_K = 3
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def image_files(paths: Iterable[Path | str]) -> Iterator[Path]:
-    """The given files, and the image files under the given folders (sorted, hidden ones
-    skipped); a path that does not exist is yielded as is, so it becomes an error row."""
+    """The given files, and every file under the given folders (sorted, hidden ones skipped).
+    As in training, what is an image is decided by reading it, not by its name (``.jfif``, no
+    extension): a file that is not one becomes a row with its reason, never a missing row. A
+    path that does not exist is yielded as is, so it becomes an error row too."""
     for p in map(Path, paths):
         if not p.is_dir():
             yield p
@@ -39,12 +43,15 @@ def image_files(paths: Iterable[Path | str]) -> Iterator[Path]:
         for dirpath, dirnames, files in os.walk(p):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(files):
-                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                if not name.startswith("."):
                     yield Path(dirpath) / name
 
 
 def _read(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
     try:
+        # Opening a FIFO (or a device) would wait for a writer forever: only regular files are read.
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None, "not a regular file (a FIFO, socket or device)"
         return np.asarray(load_rgb(path, size)), None
     except Exception as e:  # noqa: BLE001 - any unreadable file is a row with its reason
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"[:200]
@@ -114,18 +121,26 @@ def resolve_model(config) -> Path:
     return path
 
 
+def check_output(out: Path) -> None:
+    """One line when the CSV cannot be written at ``out``: found before the work, not after."""
+    if out.is_dir():
+        raise OutputDirError(f"output: {out} is a folder; name the CSV file to write, e.g. {out / 'predictions.csv'}")
+    check_writable(out.parent, "output")
+
+
 def predict_to_csv(config) -> dict:
     """Resolve the model, classify ``config.input`` and write ``config.output``; return a summary."""
     from cifar_lit.model_file import load_model
 
+    out = Path(config.output)
+    check_output(out)  # before any image is classified
     path = resolve_model(config)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     model = load_model(path, device=device)
     df = predict(model, config.input, batch_size=config.batch_size)
-    out = Path(config.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
+    try:
+        save_atomic(out, lambda tmp: df.to_csv(tmp, index=False))
+    except OSError as e:
+        raise OutputDirError(f"output: {out} could not be written ({e.strerror or e})") from None
     return {"model": str(path), "output": str(out), "images": len(df), "errors": int(df["error"].notna().sum()),
             "counts": class_counts(df).to_dict("records")}

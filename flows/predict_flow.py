@@ -11,6 +11,7 @@ file is a row with its reason). A missing registry, alias or model file exits 2 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from flows.command import check_install, prefect_defaults, run_or_exit
 
@@ -51,14 +52,18 @@ def predict_flow(config: PredictConfig) -> dict:
 def main(argv: list[str] | None = None, config: PredictConfig | None = None) -> dict:
     from cifar_lit.cli import fail, parse_config
     from cifar_lit.model_file import ModelFileError, read_model
-    from cifar_lit.predict import resolve_model
+    from cifar_lit.predict import check_output, resolve_model
     from cifar_lit.registry import RegistryError
+    from cifar_lit.rundir import OutputDirError
 
     config = config or parse_config(argv, prog=PROG, model=PredictConfig)
     try:  # before any flow run exists: a wrong name, path or file is the user's one-line error
+        check_output(Path(config.output))
         read_model(resolve_model(config))
     except (RegistryError, ModelFileError) as e:
         fail(PROG, str(e))
+    except OutputDirError as e:
+        fail(PROG, f"--{str(e)}")
     return run_or_exit(PROG, lambda: predict_flow(config))
 
 

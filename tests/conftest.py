@@ -90,3 +90,25 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model(archives, tmp_path_factory) -> Path:
+    """One small trained model (``model.pt``, the tutorial's CNN, 1 epoch on the tiny CIFAR-10),
+    trained once per session for the tests that only need a model to use."""
+    from cifar_lit.data.datamodule import ImageDataModule
+    from cifar_lit.model_file import package
+    from cifar_lit.train import fit
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    srv = fakes.FileServer({"/cifar10.tar.gz": archives["cifar10"]}).start()
+    try:
+        cfg = TrainConfig(recipe="seed", data_dir=root / "data", download_url=srv.url("/cifar10.tar.gz"),
+                          download_md5=fakes.md5(archives["cifar10"]), val_size=40, batch_size=16, max_epochs=1,
+                          num_workers=0, accelerator="cpu", devices=1, prediction_samples=0, wandb_mode="disabled",
+                          output_dir=root / "out")
+        ImageDataModule.from_config(cfg).setup("fit")
+    finally:
+        srv.stop()
+    fitted = fit(cfg, cfg.out / "split.json")
+    return package(Path(fitted.best_checkpoint), root / "model")["model"]
