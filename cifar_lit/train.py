@@ -25,6 +25,7 @@ from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
 from cifar_lit.config import NOT_EFFECTIVE, TORCHVISION_NETS, TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.split import Split
+from cifar_lit.machine import check_training_step
 from cifar_lit.model_file import ModelFileError, from_checkpoint, safe_load
 from cifar_lit.models import CATALOGUE, build_model, check_input_size
 from cifar_lit.module import HeadFirst, LitClassifier
@@ -117,9 +118,13 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     already holds checkpoints is refused rather than overwritten.
     """
     config = resolved_for(config, split_file)
+    split = Split.read(split_file)
+    # Before the probe, which already trains steps of the configured batch and image size.
+    for line in check_training_step(config, len(split.classes), len(split.train), split.median_side):
+        log.warning("%s", line)
     # What the recipe leaves to the machine (memory format, precision, threads): timed here
     # once, then cached (cifar_lit.probe). Before resume_point: the checkpoint records the choice.
-    config, probed = probe.apply(config, len(Split.read(split_file).classes))
+    config, probed = probe.apply(config, len(split.classes))
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt_dir = checkpoint_dir(config)
     last = ckpt_dir / "last.ckpt"
