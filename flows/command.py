@@ -34,6 +34,44 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def check_prefect(prog: str) -> None:
+    """Before a run starts: the Prefect API it will use can be used, else one line, exit 1.
+
+    ``PREFECT_API_URL`` set: it must answer ``/health`` as a Prefect server does (a dead port or
+    another kind of server was 60 to 110 lines of traceback). Unset (Prefect's temporary server,
+    whose database lives under ``PREFECT_HOME``): that folder must be writable (it ended with a
+    false "did not answer within 120 s")."""
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("PREFECT_API_URL", "").strip().rstrip("/")
+    if not url:
+        home = os.environ.get("PREFECT_HOME") or os.path.join(os.path.expanduser("~"), ".prefect")
+        from cifar_lit.rundir import OutputDirError, check_writable
+
+        try:
+            check_writable(home, "PREFECT_HOME")
+        except OutputDirError as e:
+            _exit(prog, RuntimeError(f"{e}; Prefect's temporary API server keeps its database there: set PREFECT_HOME "
+                                     "to a writable folder, or PREFECT_API_URL to a running server"))
+        return
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+            body = response.read(100).strip()
+        if body != b"true":
+            raise ValueError(f"it answered /health with {body[:40]!r}, not as a Prefect server")
+    except urllib.error.HTTPError as e:
+        problem = f"it answered /health with HTTP {e.code}, not as a Prefect server"
+    except (urllib.error.URLError, OSError) as e:
+        problem = f"nothing answers there ({getattr(e, 'reason', e)})"
+    except ValueError as e:
+        problem = str(e)
+    else:
+        return
+    _exit(prog, RuntimeError(f"PREFECT_API_URL: {url}: {problem}; start the server (prefect server start), "
+                             "correct the URL (it ends in /api), or unset it to use a temporary server"))
+
+
 def check_install(prog: str) -> None:
     """torch and torchvision load together, else one line that says how to reinstall them, exit 1.
 
@@ -129,6 +167,13 @@ def run_or_exit(prog: str, run: Callable[[], T]) -> T:
     except RuntimeError as e:
         if not str(e).startswith(EPHEMERAL_TIMEOUT):
             raise
+        if "exited with code" in str(e):  # it died: no timeout would have helped
+            home = os.environ.get("PREFECT_HOME") or "~/.prefect"
+            detail = str(e).removeprefix(EPHEMERAL_TIMEOUT).strip(" .").replace("Ephemeral server process ", "")
+            _exit(prog, RuntimeError(
+                f"Prefect's temporary API server {detail} before it answered; it keeps its database under "
+                f"PREFECT_HOME ({home}): check that the folder is writable, its disk has room and no file-size limit "
+                "(ulimit -f) stops it, or set PREFECT_API_URL to a running server"))
         _exit(prog, RuntimeError(
             "Prefect's temporary API server did not answer within "
             f"{os.environ.get(STARTUP_TIMEOUT, '?')} s ({STARTUP_TIMEOUT}); set a larger value, or start a server "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flows.command import check_install, prefect_defaults, run_or_exit
+from flows.command import check_install, check_prefect, prefect_defaults, run_or_exit
 
 PROG = "predict_flow.py"
 if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
@@ -22,6 +22,7 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the hea
     from flows.temporary_api import TemporaryAPI
 
     CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG, model=PredictConfig)
+    check_prefect(PROG)  # a dead or wrong PREFECT_API_URL, an unwritable PREFECT_HOME: one line
     API = TemporaryAPI()  # boots while torch is imported below; the flow waits for it
     check_install(PROG)  # a broken torch/torchvision pair is one line, not a traceback
 

@@ -145,7 +145,7 @@ class TemporaryAPI:
                 self._spawn()
                 self._use()
                 continue
-            self._failed(f"Ephemeral server process exited with code {code}.")
+            self._failed(f"Ephemeral server process exited with code {code}{_signal_name(code)}.")
 
     @contextmanager
     def serving(self) -> Iterator[None]:
@@ -260,6 +260,16 @@ def _temporary_api_expected() -> bool:
         return "PREFECT_API_URL" not in profile and enabled is not None and not _false(str(enabled))
     except (OSError, ValueError, AttributeError, TypeError):  # unreadable: Prefect decides
         return False
+
+
+def _signal_name(code: int) -> str:
+    """`` (killed by SIGXFSZ)`` for a process a signal ended (a negative exit code), else empty."""
+    import signal
+
+    try:
+        return f" (killed by {signal.Signals(-code).name})" if code < 0 else ""
+    except ValueError:
+        return ""
 
 
 def _free_port() -> int:

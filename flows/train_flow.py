@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from flows.command import check_install, prefect_defaults, run_or_exit
+from flows.command import check_install, check_prefect, prefect_defaults, run_or_exit
 from flows.temporary_api import TemporaryAPI
 
 PROG = "train_flow.py"
@@ -28,6 +28,7 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the hea
     CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG)
     # The API server boots while torch and Lightning are imported below; any wait left for it
     # goes to importing W&B, which the run imports next.
+    check_prefect(PROG)  # a dead or wrong PREFECT_API_URL, an unwritable PREFECT_HOME: one line
     API = TemporaryAPI(preload=("wandb", "wandb.apis.public") if CLI_CONFIG.wandb_mode != "disabled" else ())
     check_install(PROG)  # a broken torch/torchvision pair is one line, not a traceback
 from prefect import flow, get_run_logger

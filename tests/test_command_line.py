@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import fakes
+from prefect_processes import free_port
 from test_startup import processes_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +20,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     Prefect's own defaults for logging and telemetry, which the test session overrides."""
     drop = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "PREFECT_SERVER_ANALYTICS_ENABLED")
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(REPO), **extra)
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO), **extra})
     return env
 
 
@@ -88,3 +89,42 @@ def test_a_broken_torch_torchvision_pair_is_one_line_saying_how_to_reinstall(tmp
         assert "pip install --force-reinstall torch torchvision" in line and len(output.splitlines()) <= 2, output
     assert processes_of(tmp_path / "prefect-home") == []  # the temporary API server stopped with it
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_a_prefect_api_it_cannot_use_is_one_line_before_any_work(tmp_path):
+    not_prefect = fakes.FileServer({}).start()  # answers 404 to everything, /api/health included
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    try:
+        cases = [
+            ({"PREFECT_API_URL": dead}, f"PREFECT_API_URL: {dead}: nothing answers there"),
+            ({"PREFECT_API_URL": not_prefect.url("/api")},
+             f"PREFECT_API_URL: {not_prefect.url('/api')}: it answered /health with HTTP 404, not as a Prefect server"),
+            ({"PREFECT_HOME": str(tmp_path / "file" / "home")},
+             f"PREFECT_HOME: {tmp_path / 'file' / 'home'} cannot be created: {tmp_path / 'file'} is a file"),
+        ]
+        (tmp_path / "file").write_text("x")
+        for env, expected in cases:
+            proc = _train(tmp_path, ["--data-dir", str(tmp_path / "data")], **env)
+            output = proc.stdout + proc.stderr
+            assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
+            assert _error_line(proc.stderr).startswith(f"train_flow.py: error: {expected}"), proc.stderr
+            assert len(output.splitlines()) == 1, output
+    finally:
+        not_prefect.stop()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_temporary_server_that_dies_is_named_not_reported_as_slow(tmp_path):
+    import resource
+
+    def small_files() -> None:  # its database cannot grow past 200 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200 * 1024, 200 * 1024))
+
+    cmd = [sys.executable, "flows/train_flow.py", "--wandb-mode", "disabled", "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files)
+    line = _error_line(proc.stderr)
+    assert proc.returncode == 1 and "did not answer within" not in line, proc.stderr[-3000:]
+    assert line.startswith("train_flow.py: error: Prefect's temporary API server exited with code ")
+    assert "before it answered" in line and "file-size limit" in line and str(tmp_path / "prefect-home") in line
+    assert processes_of(tmp_path / "prefect-home") == []
