@@ -69,9 +69,13 @@ def export_model(
         artifact.add_file(path, policy="immutable")
     artifact.add_file(str(checkpoint), name="model.ckpt", policy="immutable")
     logged = run.log_artifact(artifact, aliases=["latest"])
-    if not run.offline:
-        logged.wait()  # surface upload errors here, where the task can retry
-    return result | {"logged": True, "aliases": ["latest"], "offline": run.offline}
+    if run.offline:  # numbered by `wandb sync`, later
+        return result | {"logged": True, "aliases": ["latest"], "offline": True, "version": None}
+    logged.wait()  # surface upload errors here, where the task can retry
+    # This run's own version: the one the gate judges. `latest` may be another run's by the time
+    # the promotion is mirrored (two runs exporting at once).
+    return result | {"logged": True, "aliases": ["latest"], "offline": False, "version": logged.version,
+                     "path": f"{run.entity}/{run.project}/{name}:{logged.version}"}
 
 
 def dataset_artifact(config: TrainConfig, fingerprint: str, split_file: Path | None):
@@ -87,22 +91,22 @@ def dataset_artifact(config: TrainConfig, fingerprint: str, split_file: Path | N
     return artifact
 
 
-def mirror_promotion(config: TrainConfig, version: str) -> dict[str, Any]:
-    """Online: give the run's model artifact ``production`` and link it into the W&B Registry
-    (``wandb-registry-model/<name>``). Offline there is nothing to update until ``wandb sync``:
-    the file registry is the record."""
+def mirror_promotion(config: TrainConfig, version: str, artifact_path: str | None) -> dict[str, Any]:
+    """Online: give this run's model artifact (``artifact_path``, the version its export logged)
+    ``production`` and link it into the W&B Registry (``wandb-registry-model/<name>``). Offline
+    there is nothing to update until ``wandb sync``: the file registry is the record."""
     import wandb
 
     run = wandb.run
-    if run is None or run.offline:
+    if run is None or run.offline or artifact_path is None:
         return {"mirrored": False}
     name = config.model_name()
-    # The artifact this run logged (export waited for its upload), read back through the API so
-    # the run does not also appear as its consumer in the lineage graph.
-    artifact = wandb.Api().artifact(f"{run.entity}/{run.project}/{name}:latest", type="model")
+    # Read back through the API, so the run does not also appear as its consumer in the lineage
+    # graph; by its own version, never `latest` (another run's, when two export at once).
+    artifact = wandb.Api().artifact(artifact_path, type="model")
     if "production" not in artifact.aliases:
         artifact.aliases.append("production")
     artifact.metadata["registry_version"] = version
     artifact.save()
     artifact.link(f"wandb-registry-model/{name}", aliases=["production", version])
-    return {"mirrored": True, "target": f"wandb-registry-model/{name}"}
+    return {"mirrored": True, "target": f"wandb-registry-model/{name}", "artifact": artifact_path}

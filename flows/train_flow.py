@@ -129,7 +129,7 @@ def _train(config: TrainConfig) -> dict:
         )
         exported, export_error = _exported(config, export_state)
         promotion = promote_model(config, exported["files"], staged, card(config, tested, fingerprint, out.name, fitted),
-                                  _artifact_key(config, "promotion"))
+                                  _artifact_key(config, "promotion"), exported.get("path"))
         summary = build_summary(**parts, wandb=tracking.run_info(), export=exported, promotion=promotion)
     finally:
         tracking.finish_run()

@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_model(config: TrainConfig, model_files: dict, split_file: Path, card: dict, artifact_key: str) -> dict:
-    """Register the model as production iff it beats production on the same test split."""
+def promote_model(config: TrainConfig, model_files: dict, split_file: Path, card: dict, artifact_key: str,
+                  wandb_artifact: str | None = None) -> dict:
+    """Register the model as production iff it beats production on the same test split
+    (``wandb_artifact``: this run's W&B model version, given the same aliases online)."""
     decision = gate(config, {k: Path(v) for k, v in model_files.items()}, split_file, card)
     create_markdown_artifact(decision_markdown(decision), key=artifact_key, description="champion vs challenger")
     # An automation can act on these (notify, deploy the new production model...).
@@ -31,7 +33,7 @@ def promote_model(config: TrainConfig, model_files: dict, split_file: Path, card
     result = decision.to_dict()
     if decision.promoted:
         try:
-            result["wandb"] = mirror_promotion(config, decision.version)
+            result["wandb"] = mirror_promotion(config, decision.version, wandb_artifact)
         except Exception as e:  # noqa: BLE001 - the file registry is the record; W&B mirrors it
             log.warning("W&B: mirroring the promotion failed (%s); the registry at %s has it", e, config.registry)
             result["wandb"] = {"mirrored": False, "error": str(e)[:200]}

@@ -63,3 +63,40 @@ def test_an_unreachable_wandb_server_falls_back_in_seconds(make_config, monkeypa
     took = time.monotonic() - t0
     assert tracking.run_info()["mode"] == "offline"
     assert took < 60, f"{took:.0f} s before the offline fallback"  # generous; wandb's own default waits 90 s
+
+
+def test_the_promotion_names_this_runs_own_artifact_version_not_latest(monkeypatch):
+    """W&B's server cannot be reached here, so its run and API are stand-ins that record what
+    they are asked: the promotion must fetch, alias and link the version this run's export
+    logged. With ``:latest`` it was whichever run exported last (two runs exporting at once)."""
+    import wandb
+
+    from cifar_lit.config import TrainConfig
+    from cifar_lit.export import mirror_promotion
+
+    asked, linked = [], []
+
+    class Artifact:
+        aliases, metadata = ["latest"], {}
+
+        def save(self):
+            pass
+
+        def link(self, target, aliases):
+            linked.append((target, aliases))
+
+    class Api:
+        def artifact(self, path, type):
+            asked.append(path)
+            return Artifact()
+
+    class Run:
+        entity, project, offline = "team", "cifar-lit", False
+
+    monkeypatch.setattr(wandb, "run", Run())
+    monkeypatch.setattr(wandb, "Api", Api)
+    config = TrainConfig(recipe="seed")
+    done = mirror_promotion(config, "v4", "team/cifar-lit/cifar10-seed_cnn:v7")
+    assert asked == ["team/cifar-lit/cifar10-seed_cnn:v7"] and done["artifact"] == asked[0]
+    assert linked == [("wandb-registry-model/cifar10-seed_cnn", ["production", "v4"])]
+    assert mirror_promotion(config, "v4", None) == {"mirrored": False}  # nothing logged online: nothing to alias
