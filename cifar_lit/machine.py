@@ -71,31 +71,32 @@ MEASURED_SIDE, CHECKED_SIDE = 128, 512
 def check_training_step(config: TrainConfig, num_classes: int, n_train: int, median_side: int | None) -> list[str]:
     """What a resolved ``config`` cannot train on this machine and data, as one line before the
     probe or the first step (either would otherwise fail deep in torch, or be killed for memory
-    without a word): a batch larger than the training images, an image size the network cannot
-    take, a step whose activations do not fit in free memory. Returns warnings for what is only
-    wasteful (an image size far above the photos' own)."""
-    from cifar_lit.data.imagefolder import DataError
+    without a word): an image size the network cannot take, a step whose activations do not fit
+    in free memory. Returns warnings for what is only wasteful: a batch larger than the training
+    images (each step takes them all), an image size far above the photos' own."""
     from cifar_lit.models import build_model, check_input_size
 
+    warnings = []
+    batch = min(config.batch_size, n_train)  # a step never holds more images than there are
     if config.batch_size > n_train:
-        raise DataError(f"batch_size: {config.batch_size} is more than the {n_train} training images; "
-                        f"give at most {n_train}")
+        warnings.append(f"batch_size: {config.batch_size} is more than the {n_train} training images: every step "
+                        f"takes all {n_train}")
     size = config.image_size or 32
     net = build_model(config.model, num_classes)
     check_input_size(net, config.model, min(size, CHECKED_SIDE))
     per_image = activation_bytes(net, size)
     if config.precision and config.precision.startswith(("bf16", "16")):
         per_image //= 2
-    need, free = per_image * config.batch_size, free_memory(config)
+    need, free = per_image * batch, free_memory(config)
     if free is not None and need > MEMORY_SHARE * free:
         fits = max(1, int(MEMORY_SHARE * free // per_image))
-        raise MachineError(f"batch_size: {config.batch_size} images of {size}x{size} px need about {_gib(need)} "
+        raise MachineError(f"batch_size: {batch} images of {size}x{size} px need about {_gib(need)} "
                            f"for one training step of {config.model}, more than the {_gib(free)} free here; "
                            f"give at most --batch-size {fits}, or a smaller --image-size")
     if median_side and size >= UPSAMPLE_WARNING * median_side:
-        return [f"image_size: {size} px is {size / median_side:.0f}x the photos' median side ({median_side} px): "
-                "every step pays for pixels that add no detail; --image-size to choose"]
-    return []
+        warnings.append(f"image_size: {size} px is {size / median_side:.0f}x the photos' median side "
+                        f"({median_side} px): every step pays for pixels that add no detail; --image-size to choose")
+    return warnings
 
 
 def activation_bytes(net, size: int) -> int:

@@ -124,7 +124,11 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
         log.warning("%s", line)
     # What the recipe leaves to the machine (memory format, precision, threads): timed here
     # once, then cached (cifar_lit.probe). Before resume_point: the checkpoint records the choice.
-    config, probed = probe.apply(config, len(split.classes))
+    # Timed on a batch no larger than the data (a batch of --batch-size 100000 random images was
+    # a kill for memory on 27 photos).
+    timed = config.model_copy(update={"batch_size": min(config.batch_size, len(split.train))})
+    timed, probed = probe.apply(timed, len(split.classes))
+    config = config.model_copy(update={name: getattr(timed, name) for name in probe.PROBED_FIELDS})
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt_dir = checkpoint_dir(config)
     last = ckpt_dir / "last.ckpt"
