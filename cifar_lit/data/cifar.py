@@ -185,6 +185,11 @@ def download_cifar(
     if is_ready(folder, md5):
         return folder
     root.mkdir(parents=True, exist_ok=True)
+    if not os.access(root, os.W_OK):  # a read-only copy: used if it checks out, never written to
+        if _adopt(folder, src, md5):
+            return folder
+        raise DownloadError(f"data_dir: {root} is read-only and holds no {dataset} extracted from the archive with "
+                            f"md5 {md5}; give a writable --data-dir, or extract the official archive there")
     with _locked(root):
         if is_ready(folder, md5):  # another process made it ready while this one waited
             return folder

@@ -46,6 +46,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 log = logging.getLogger(__name__)
 SIZE = 32  # CIFAR's side, and the side of image-folder images while no image_size is set
 CACHE_DIR = ".cifar_lit"  # derived files beside the data (cifar_lit.data.prepare.cache_dir)
+CACHE_ENV = "CIFAR_LIT_CACHE"  # the user's cache (also the machine probe's): derived files of read-only data
+
+
+def derived_dir(root: Path) -> Path:
+    """Where the files derived from the data under ``root`` live (manifests, split files, tensor
+    caches, the cache id): ``root/.cifar_lit``, beside the data; where ``root`` cannot be written
+    (a read-only mount or share), a folder of its own in the user's cache (``CIFAR_LIT_CACHE``,
+    else ``~/.cache/cifar_lit``), named by ``root``'s resolved path, so read-only data still
+    trains. A ``root`` that does not exist yet (CIFAR before its download) is created beside."""
+    root = Path(root)
+    beside = root / CACHE_DIR
+    if not root.is_dir() or os.access(beside if beside.is_dir() else root, os.W_OK):
+        return beside
+    base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cifar_lit"
+    return Path(base) / "data" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+
+
 # What a run's output dir holds (cifar_lit.rundir takes .lock before anything else is written).
 RUN_FILES = frozenset({".lock", "summary.json", "split.json", "checkpoints"})
 VAL_FOLDERS = ("val", "valid", "validation")  # the first present is the validation folder
@@ -310,7 +327,7 @@ def _cache_identity(root: Path) -> bytes:
     """A random id kept in ``DIR/.cifar_lit``. It is part of ``stat_signature``, so deleting the
     derived files (manifest, splits, tensor caches) changes the download stage's cache key and
     the next run scans again instead of serving a result that points at a deleted manifest."""
-    folder = root / CACHE_DIR
+    folder = derived_dir(root)
     path = folder / "id"
     try:
         return path.read_bytes()
@@ -322,7 +339,7 @@ def _cache_identity(root: Path) -> bytes:
         return b""  # no dataset here (yet): create nothing
     tmp = folder / f".id.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         tmp.write_text(uuid.uuid4().hex)
         try:
             os.link(tmp, path)  # atomic and never replaces: two processes agree on the first id

@@ -11,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from cifar_lit.data.formats import DataRef, Source, get_format
-from cifar_lit.data.imagefolder import CACHE_DIR
+from cifar_lit.data.imagefolder import derived_dir
 
 __all__ = ["DataRef", "cache_dir", "prepare_data"]
 
 
 def cache_dir(data_dir: Path) -> Path:
-    """Where derived files (manifests, split files, tensor caches) live: beside the data they derive from."""
-    return Path(data_dir) / CACHE_DIR
+    """Where derived files (manifests, split files, tensor caches) live: beside the data they
+    derive from, or in the user's cache when the data is read-only (``derived_dir``)."""
+    return derived_dir(Path(data_dir))
 
 
 def prepare_data(
