@@ -36,18 +36,29 @@ class LockTimeoutError(TimeoutError):
     """Another process held a lock for longer than the time limit; the message names it."""
 
 
-def lock_timeout() -> float:
-    """Seconds a lock is waited for: ``CIFAR_LIT_LOCK_TIMEOUT``, else 300."""
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+class SettingError(ValueError):
+    """An environment variable of this project holds a value it cannot use; the message names it."""
+
+
+def env_seconds(name: str, default: float, zero_ok: bool = False) -> float:
+    """Seconds from the environment variable ``name``, else ``default``; anything but a finite
+    number (above 0, or from 0 with ``zero_ok``) is a one-line ``SettingError`` naming it."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_TIMEOUT
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not 0 <= value < math.inf:
-        raise LockTimeoutError(f"{TIMEOUT_ENV}: {raw!r} is not a number of seconds (0 or more)")
+    if not (0 <= value if zero_ok else 0 < value) or value == math.inf:
+        least = "0 or more" if zero_ok else "more than 0"
+        raise SettingError(f"{name}: {raw!r} is not a number of seconds ({least})")
     return value
+
+
+def lock_timeout() -> float:
+    """Seconds a lock is waited for: ``CIFAR_LIT_LOCK_TIMEOUT``, else 300."""
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT, zero_ok=True)
 
 
 def holder_note(path: Path) -> Path:

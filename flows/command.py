@@ -109,14 +109,14 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
     from cifar_lit.callbacks import NonFiniteLossError
     from cifar_lit.data.cifar import DownloadError, HTTPDownloadError
     from cifar_lit.data.imagefolder import DataError
-    from cifar_lit.locks import LockTimeoutError
+    from cifar_lit.locks import LockTimeoutError, SettingError
     from cifar_lit.machine import MachineError
     from cifar_lit.model_file import ModelFileError
     from cifar_lit.registry import RegistryError
     from cifar_lit.rundir import OutputDirError
 
     return (DownloadError, HTTPDownloadError, DataError, MachineError, ModelFileError, RegistryError,
-            OutputDirError, NonFiniteLossError, LockTimeoutError)
+            OutputDirError, NonFiniteLossError, LockTimeoutError, SettingError)
 
 
 class _WithoutTraceback(logging.Formatter):

@@ -56,7 +56,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import calculate_md5
 
 from cifar_lit.data.imagefolder import DataError
-from cifar_lit.locks import exclusive
+from cifar_lit.locks import env_seconds, exclusive
 from cifar_lit.redact import public_url  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
@@ -148,16 +148,7 @@ class HTTPDownloadError(urllib.error.HTTPError):
 
 def download_timeout() -> float:
     """Seconds to wait for a connection or for the next byte: ``CIFAR_LIT_DOWNLOAD_TIMEOUT``, else 30."""
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds greater than 0")
-    return value
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 
 
 def is_ready(folder: Path, md5: str) -> bool:

@@ -64,9 +64,11 @@ def test_download_timeout_default_and_override(monkeypatch):
     assert cifar.download_timeout() == cifar.DEFAULT_TIMEOUT == 30
     monkeypatch.setenv("CIFAR_LIT_DOWNLOAD_TIMEOUT", "2.5")
     assert cifar.download_timeout() == 2.5
-    monkeypatch.setenv("CIFAR_LIT_DOWNLOAD_TIMEOUT", "soon")
-    with pytest.raises(ValueError, match="CIFAR_LIT_DOWNLOAD_TIMEOUT='soon'"):
-        cifar.download_timeout()
+    for bad in ("soon", "0", "inf"):  # one line naming the variable and the value, as every setting's
+        monkeypatch.setenv("CIFAR_LIT_DOWNLOAD_TIMEOUT", bad)
+        message = rf"^CIFAR_LIT_DOWNLOAD_TIMEOUT: '{bad}' is not a number of seconds \(more than 0\)$"
+        with pytest.raises(ValueError, match=message):
+            cifar.download_timeout()
 
 
 # ---- 2. a body shorter than its Content-Length ---------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cifar_lit.data.cifar import LOCK_FILE, download_cifar
-from cifar_lit.locks import TIMEOUT_ENV, LockTimeoutError, exclusive
+from cifar_lit.locks import TIMEOUT_ENV, LockTimeoutError, SettingError, exclusive
 from cifar_lit.registry import Registry
 from flows.train_flow import train_flow
 
@@ -109,7 +109,7 @@ def test_an_output_dir_held_by_another_run_names_it(make_config, tmp_path, hung)
 
 def test_a_bad_lock_timeout_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
-    with pytest.raises(LockTimeoutError, match=f"^{TIMEOUT_ENV}: 'soon' is not a number of seconds"):
+    with pytest.raises(SettingError, match=f"^{TIMEOUT_ENV}: 'soon' is not a number of seconds \\(0 or more\\)$"):
         with exclusive(tmp_path / "x.lock", "test"):
             pass
 
