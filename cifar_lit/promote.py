@@ -155,8 +155,9 @@ def _decide(config: TrainConfig, reg: Registry, name: str, split_file: Path, mod
     else:
         theirs_acc, theirs = evaluate_file(load_model(champion.file("model")), split_file, config.data_dir)
         where = "on the challenger's test split"
-    # Counted in test images, not compared as floats: accuracies are float32 means.
-    n = len(Split.read(split_file).test)
+    # Counted in test images, not compared as floats: accuracies are float32 means. The images
+    # the challenger was tested on (a CIFAR split holds no test part: its test batch is official).
+    n = sum(int(r.get("support") or 0) for r in model_card["per_class"]) or len(Split.read(split_file).test or [])
     ahead = round(acc * n) - round(theirs_acc * n)
     need = margin_images(config.promote_margin, n)
     promoted = ahead >= need

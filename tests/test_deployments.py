@@ -489,10 +489,9 @@ def test_nightly_deployments_cancel_a_run_while_one_is_going(deployed):
                 client.delete_flow_run(run.id)
 
 
-def _latest_train_run() -> FlowRun:
+def _train_run_named(name: str) -> FlowRun:
     with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(flow_filter=filters.FlowFilter(name=filters.FlowFilterName(any_=["train"])),
-                                       sort="START_TIME_DESC", limit=1)
+        (run,) = client.read_flow_runs(flow_run_filter=filters.FlowRunFilter(name=filters.FlowRunFilterName(any_=[name])))
     return run
 
 
@@ -519,8 +518,10 @@ def test_a_second_pod_finds_the_nightly_cache_on_the_volume(api, env, archives, 
         home = tmp_path / name / "home"
         pod_env = {k: v for k, v in env.items() if k != "PREFECT_LOCAL_STORAGE_PATH"}  # the test session sets one
         pod_env |= {"HOME": str(home), "PREFECT_HOME": str(home / ".prefect"), **extra}
+        before = set((volume / "runs").glob("*")) if (volume / "runs").is_dir() else set()
         run_cli([sys.executable, "flows/train_flow.py", *args], pod_env, timeout=RUN_TIMEOUT)
-        return {name: r.state.name for name, r in _task_runs(_latest_train_run().id).items()}
+        (out,) = set((volume / "runs").glob("*")) - before - {volume / "runs" / "registry"}  # named after the run
+        return {name: r.state.name for name, r in _task_runs(_train_run_named(out.name).id).items()}
 
     try:
         first = pod("pod-a", on_volume)

@@ -194,7 +194,7 @@ def test_default_recipe_end_to_end(make_config):
     assert summary["best_checkpoint"] == str((cfg.out / "checkpoints" / "last.ckpt").resolve())
     assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export", "promote"}
     arts = _artifacts(run_id)
-    assert "| val_acc | n/a |" in arts["markdown"].data
+    assert "| val_acc (no TTA) | n/a |" in arts["markdown"].data
     assert f"**Recipe**: cpu-fast; {note}" in arts["markdown"].data
     assert "epoch 2/2: train_loss_epoch=" in arts["progress"].description
     # W&B: no validation panels, but the captioned test images are there to inspect.

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from cifar_lit.promote import gate
 from cifar_lit.registry import Registry
 from flows.train_flow import train_flow
 
@@ -37,6 +38,12 @@ def test_a_deterministic_run_repeats_bit_for_bit_and_says_what_it_decided(make_c
     name = make_config(**common).model_name()
     assert Registry(tmp_path / "runs" / "registry").get(name, alias="production").card["decisions"] == decided
     assert not again["promotion"]["promoted"] and again["promotion"]["reason"].startswith("same data, code and config")
+    # On CIFAR (whose test images are the official batch, not part of the split), a tie counts
+    # the images tested too: production's numbers under another config are not enough.
+    prod = Registry(tmp_path / "runs" / "registry").get(name, alias="production")
+    other = {**prod.card, "effective_config": {**prod.card["effective_config"], "lr": 0.5}}
+    tie = gate(make_config(**common), {"model": prod.file("model")}, prod.file("split"), other)
+    assert not tie.promoted and "+0 of 60 test images, fewer than the 1 needed" in tie.reason
 
 
 def test_a_budgeted_run_records_what_the_probe_and_the_budget_decided(make_config, tmp_path, monkeypatch):
