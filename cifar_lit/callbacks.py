@@ -1,8 +1,12 @@
 """Callbacks: the tutorial's set (EarlyStopping, ModelCheckpoint, image predictions) plus a
-learning-rate monitor, a progress bar and an epoch hook for orchestrators' progress displays."""
+learning-rate monitor, a progress bar, an epoch hook for orchestrators' progress displays and a
+watch on a service the run reports to."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +25,8 @@ from cifar_lit.budget import TimeBudget
 from cifar_lit.config import TrainConfig
 
 EpochHook = Callable[[int, int, dict[str, float]], None]
+
+log = logging.getLogger(__name__)
 
 
 def to_uint8_image(x: torch.Tensor):
@@ -98,6 +104,68 @@ class FiniteLossCheck(Callback):
                 f"train_loss: {float(loss)} in epoch {trainer.current_epoch + 1}; training diverged "
                 "(lower --lr, --muon-lr or --weight-decay)"
             )
+
+
+class ServiceLostError(RuntimeError):
+    """A service the run reports to (the orchestrator's API) stopped answering for good."""
+
+
+class ServiceWatch(Callback):
+    """Stops the fit when a service it reports to has not answered for ``grace`` seconds.
+
+    ``check()`` returns None while the service answers, else why not; a background thread calls
+    it every ``every`` seconds during the fit (training never waits for it). Down for ``grace``
+    seconds, the fit raises ``ServiceLostError`` at the next batch: without this, a killed
+    Prefect server left training crawling (each progress update waited a minute of client
+    retries) and the run ended reporting Running. A blip shorter than ``grace`` (a restart) is
+    only logged. ``down`` says whether the last check failed, so reports to it can be skipped."""
+
+    def __init__(self, check: Callable[[], str | None], name: str, grace: float = 20.0, every: float = 2.0) -> None:
+        super().__init__()
+        self.check, self.name, self.grace, self.every = check, name, grace, every
+        self.down_since: float | None = None
+        self.why: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            why = self.check()
+            if why is None:
+                if self.down_since is not None:
+                    log.warning("%s answers again after %.0f s", self.name, time.monotonic() - self.down_since)
+                self.down_since, self.why = None, None
+            elif self.down_since is None:
+                self.down_since, self.why = time.monotonic(), why
+                log.warning("%s does not answer (%s); the fit stops if it stays down for %.0f s",
+                            self.name, why, self.grace)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._watch, name=f"watch {self.name}", daemon=True)
+            self._thread.start()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop.set()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._stop.set()
+
+    def _raise_if_lost(self) -> None:
+        since = self.down_since
+        if since is not None and time.monotonic() - since >= self.grace:
+            raise ServiceLostError(f"{self.name} stopped answering {time.monotonic() - since:.0f} s ago ({self.why})")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._raise_if_lost()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._raise_if_lost()
 
 
 class EpochHookCallback(Callback):

@@ -89,24 +89,3 @@ def dataset_artifact(config: TrainConfig, fingerprint: str, split_file: Path | N
     if split_file is not None:
         artifact.add_file(str(split_file), name="split.json")
     return artifact
-
-
-def mirror_promotion(config: TrainConfig, version: str, artifact_path: str | None) -> dict[str, Any]:
-    """Online: give this run's model artifact (``artifact_path``, the version its export logged)
-    ``production`` and link it into the W&B Registry (``wandb-registry-model/<name>``). Offline
-    there is nothing to update until ``wandb sync``: the file registry is the record."""
-    import wandb
-
-    run = wandb.run
-    if run is None or run.offline or artifact_path is None:
-        return {"mirrored": False}
-    name = config.model_name()
-    # Read back through the API, so the run does not also appear as its consumer in the lineage
-    # graph; by its own version, never `latest` (another run's, when two export at once).
-    artifact = wandb.Api().artifact(artifact_path, type="model")
-    if "production" not in artifact.aliases:
-        artifact.aliases.append("production")
-    artifact.metadata["registry_version"] = version
-    artifact.save()
-    artifact.link(f"wandb-registry-model/{name}", aliases=["production", version])
-    return {"mirrored": True, "target": f"wandb-registry-model/{name}", "artifact": artifact_path}

@@ -228,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     setter.add_argument("name")
     setter.add_argument("alias", choices=ALIAS_NAMES)
     setter.add_argument("version")
+    syncer = sub.add_parser("sync-wandb", help="apply the alias changes queued for W&B (made offline)")
+    syncer.add_argument("name", nargs="?", help="one model (default: every model with queued changes)")
     args = parser.parse_args(argv)
+    from cifar_lit import wandb_aliases  # not at the top: it is only for the command
+
     reg = Registry(args.registry_dir)
     try:
         if args.command == "list":
@@ -241,17 +245,40 @@ def main(argv: list[str] | None = None) -> int:
                 for alias, v in sorted(reg.dangling(name).items()):
                     print(f"{name} {v}  MISSING: {alias} points at a version that is gone; "
                           f"set-alias {name} {alias} <version> to repair it")
+                queued = wandb_aliases.read_pending(reg.root / name)
+                if queued:
+                    print(f"{name}: {len(queued)} alias change(s) queued for W&B; apply with sync-wandb")
         elif args.command == "show":
             ref = args.version or "production"
             v = reg.get(args.name, version=ref) if _VERSION.fullmatch(ref) else reg.get(args.name, alias=ref)
             print(json.dumps(v.card, indent=2))
-        else:
+        elif args.command == "set-alias":
             reg.set_alias(args.name, args.alias, args.version)
             print(f"{args.name}: {args.alias} -> {args.version}")
+            line = wandb_aliases.describe(wandb_aliases.record(reg, args.name, args.alias, args.version))
+            if line:
+                print(line)
+        else:
+            return _sync_wandb(reg, [args.name] if args.name else reg.names())
     except (RegistryError, LockTimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _sync_wandb(reg: Registry, names: list[str]) -> int:
+    """Apply every queued W&B alias change; exit 1 while any is still waiting (said why, one line each)."""
+    from cifar_lit import wandb_aliases
+
+    waiting = 0
+    for name in names:
+        result = wandb_aliases.sync(reg, name)
+        for alias, path in result["applied"].items():
+            print(f"{name}: W&B {alias} -> {path}")
+        for alias, why in result["waiting"].items():
+            print(f"error: {name}: W&B {alias} still queued: {why}", file=sys.stderr)
+        waiting += len(result["waiting"])
+    return 1 if waiting else 0
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def tta_words(tta: int | None) -> str:
     return {None: "none", 0: "none", 1: "flip", 2: "flip and 1px shifts"}.get(tta, f"level {tta}")
 
 
-PROMOTION_KEYS = ("promoted", "version", "champion_version", "champion_test_acc", "challenger_test_acc", "reason")
+PROMOTION_KEYS = ("promoted", "version", "champion_version", "champion_test_acc", "challenger_test_acc", "reason", "wandb")
 
 
 def skipped_summary(config: TrainConfig, match, data_fingerprint: str) -> dict[str, Any]:

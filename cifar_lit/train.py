@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def _strategy(config: TrainConfig):
     return config.strategy
 
 
-def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: EpochHook | None = None) -> FitResult:
+def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: EpochHook | None = None,
+        extra_callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train ``config.model`` on the split's train part, validating every epoch when the split
     has validation images (without them, the checkpoint of the last epoch is the best one).
 
@@ -145,7 +147,8 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     validate = dm.has_val
     samples = dm.samples("val", config.prediction_samples) if config.prediction_samples and validate else None
     start = _StartEpoch()
-    callbacks = build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch, validate) + [start]
+    callbacks = [*build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch, validate), start,
+                 *extra_callbacks]
     # Head-first fine-tuning (--head-epochs: epochs that train the head alone, the transfer
     # recipe's 1): see cifar_lit.module.HeadFirst.
     if config.head_epochs:

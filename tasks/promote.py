@@ -11,8 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.export import mirror_promotion
 from cifar_lit.promote import decision_markdown, gate
+from cifar_lit.registry import Registry
+from cifar_lit.wandb_aliases import describe, record, reference
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,11 @@ log = logging.getLogger(__name__)
 def promote_model(config: TrainConfig, model_files: dict, split_file: Path, card: dict, artifact_key: str,
                   wandb_artifact: str | None = None) -> dict:
     """Register the model as production iff it beats production on the same test split
-    (``wandb_artifact``: this run's W&B model version, given the same aliases online)."""
+    (``wandb_artifact``: this run's W&B model version, given the same alias on W&B: at once when
+    the run is online, else queued beside the registry; see ``cifar_lit.wandb_aliases``)."""
+    ref = reference(config.model_name(), wandb_artifact)
+    if ref is not None:  # the card says which W&B model this version is, for every later alias change
+        card = {**card, "wandb": ref}
     decision = gate(config, {k: Path(v) for k, v in model_files.items()}, split_file, card)
     create_markdown_artifact(decision_markdown(decision), key=artifact_key, description="champion vs challenger")
     # An automation can act on these (notify, deploy the new production model...).
@@ -31,10 +36,13 @@ def promote_model(config: TrainConfig, model_files: dict, split_file: Path, card
         payload={k: v for k, v in decision.to_dict().items() if k != "per_class"},
     )
     result = decision.to_dict()
-    if decision.promoted:
+    if decision.promoted and ref is not None:
         try:
-            result["wandb"] = mirror_promotion(config, decision.version, wandb_artifact)
+            result["wandb"] = record(Registry(config.registry), decision.name, "production", decision.version,
+                                     offline="the run is offline" if ref["offline"] else None)
         except Exception as e:  # noqa: BLE001 - the file registry is the record; W&B mirrors it
-            log.warning("W&B: mirroring the promotion failed (%s); the registry at %s has it", e, config.registry)
-            result["wandb"] = {"mirrored": False, "error": str(e)[:200]}
+            result["wandb"] = {"applied": {}, "waiting": {"production": f"{type(e).__name__}: {str(e)[:200]}"}}
+        line = describe(result["wandb"])
+        if line:
+            (log.info if not result["wandb"]["waiting"] else log.warning)("%s", line)
     return result

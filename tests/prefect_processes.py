@@ -114,6 +114,13 @@ def tail(path: Path, n: int = 60) -> str:
 @contextmanager
 def prefect_server(home: Path, startup_timeout: float = 180) -> Iterator[str]:
     """``prefect server start`` with its database under ``home``; yields the API URL."""
+    with prefect_server_process(home, startup_timeout) as (api_url, _proc):
+        yield api_url
+
+
+@contextmanager
+def prefect_server_process(home: Path, startup_timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``prefect_server``, yielding the server's process too (to kill it mid-run)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -140,7 +147,7 @@ def prefect_server(home: Path, startup_timeout: float = 180) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"prefect server not healthy after {startup_timeout}s:\n{tail(log)}")
             time.sleep(0.5)
-        yield api_url
+        yield api_url, proc
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 300, cwd: Path = REPO) -> str:

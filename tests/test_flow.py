@@ -13,7 +13,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from wandb_files import OfflineRun, offline_run_dirs
 
+from cifar_lit import wandb_aliases
 from cifar_lit.module import LitClassifier
+from cifar_lit.registry import Registry
 from flows.train_flow import train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -74,6 +76,16 @@ def test_end_to_end_then_cached_rerun(make_config, server, tmp_path):
     assert meta["data_fingerprint"] == summary["data_fingerprint"]
     assert meta["test_metrics"]["test_acc"] == pytest.approx(summary["test_acc"])
     assert meta["config"]["output_dir"] == str(tmp_path / "run1")
+
+    # An offline run cannot change W&B aliases: the promotion is queued beside the registry, naming
+    # this run (its model is numbered by `wandb sync`), and the version's card says the same.
+    name = cfg.model_name()
+    ref = Registry(cfg.registry).get(name, version="v1").card["wandb"]
+    assert ref == {"artifact": None, "name": name, "project": cfg.wandb_project, "entity": None,
+                   "run_id": run_dir.name.rsplit("-", 1)[1], "offline": True}
+    (queued,) = wandb_aliases.read_pending(cfg.registry / name)
+    assert (queued["alias"], queued["version"], queued["wandb"]) == ("production", "v1", ref)
+    assert summary["promotion"]["wandb"]["waiting"] == {"production": "the run is offline"}
 
     # Same config, new output dir, --force (else the run is skipped: production came from the
     # same data, code and config): download and split come from the cache, no HTTP request.

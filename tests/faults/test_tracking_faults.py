@@ -65,38 +65,129 @@ def test_an_unreachable_wandb_server_falls_back_in_seconds(make_config, monkeypa
     assert took < 60, f"{took:.0f} s before the offline fallback"  # generous; wandb's own default waits 90 s
 
 
-def test_the_promotion_names_this_runs_own_artifact_version_not_latest(monkeypatch):
-    """W&B's server cannot be reached here, so its run and API are stand-ins that record what
-    they are asked: the promotion must fetch, alias and link the version this run's export
-    logged. With ``:latest`` it was whichever run exported last (two runs exporting at once)."""
-    import wandb
+class StandInApi:
+    """W&B's public API as far as the alias sync uses it, recording what it is asked (no W&B
+    server can be reached here). ``runs``: run path -> the model artifacts it logged (a run
+    missing from it has not been uploaded)."""
 
-    from cifar_lit.config import TrainConfig
-    from cifar_lit.export import mirror_promotion
+    def __init__(self, runs: dict[str, list] | None = None) -> None:
+        self.runs, self.asked, self.linked, self.saved = runs or {}, [], [], []
+        self.default_entity = "team"
+        api = self
 
-    asked, linked = [], []
+        class Artifact:
+            type = "model"
 
-    class Artifact:
-        aliases, metadata = ["latest"], {}
+            def __init__(self, path):
+                self.qualified_name, self.name = path, path.rsplit("/", 1)[-1]
+                self.aliases, self.metadata = ["latest"], {}
 
-        def save(self):
-            pass
+            def save(self):
+                api.saved.append((self.qualified_name, list(self.aliases), dict(self.metadata)))
 
-        def link(self, target, aliases):
-            linked.append((target, aliases))
+            def link(self, target, aliases):
+                api.linked.append((self.qualified_name, target, aliases))
 
-    class Api:
-        def artifact(self, path, type):
-            asked.append(path)
-            return Artifact()
+        self.Artifact = Artifact
 
-    class Run:
-        entity, project, offline = "team", "cifar-lit", False
+    def artifact(self, path, type):
+        self.asked.append(path)
+        return self.Artifact(path)
 
-    monkeypatch.setattr(wandb, "run", Run())
-    monkeypatch.setattr(wandb, "Api", Api)
-    config = TrainConfig(recipe="seed")
-    done = mirror_promotion(config, "v4", "team/cifar-lit/cifar10-seed_cnn:v7")
-    assert asked == ["team/cifar-lit/cifar10-seed_cnn:v7"] and done["artifact"] == asked[0]
-    assert linked == [("wandb-registry-model/cifar10-seed_cnn", ["production", "v4"])]
-    assert mirror_promotion(config, "v4", None) == {"mirrored": False}  # nothing logged online: nothing to alias
+    def run(self, path):
+        if path not in self.runs:
+            raise ValueError(f"Could not find run {path}")
+        artifacts = [self.Artifact(p) for p in self.runs[path]]
+
+        class Run:
+            def logged_artifacts(self):
+                return artifacts
+
+        return Run()
+
+
+def _registry_with(tmp_path, refs: dict[str, dict | None]):
+    """A registry whose versions v1, v2... have the given W&B references on their cards."""
+    from cifar_lit.registry import Registry
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    reg = Registry(tmp_path / "registry")
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    for ref in refs.values():
+        reg.add("cifar10-seed_cnn", {"model": model}, {"wandb": ref} if ref else {})
+    return reg
+
+
+def _ref(artifact=None, run_id="r1"):
+    return {"artifact": artifact, "name": "cifar10-seed_cnn", "project": "cifar-lit", "entity": None,
+            "run_id": run_id, "offline": artifact is None}
+
+
+def test_a_promotion_names_its_own_artifact_version_and_only_the_newest_change_is_applied(tmp_path):
+    """With ``:latest`` the W&B model was whichever run exported last (two runs exporting at
+    once): the alias goes to the version the card names, by its own path. A rollback queued
+    after a promotion supersedes it: W&B ends where the file registry ends."""
+    from cifar_lit import wandb_aliases
+
+    reg = _registry_with(tmp_path, {"v1": _ref("team/cifar-lit/cifar10-seed_cnn:v7"), "v2": _ref(run_id="r2")})
+    folder = reg.root / "cifar10-seed_cnn"
+    with reg.locked("cifar10-seed_cnn"):
+        for version in ("v2", "v1"):  # promoted v2 (offline), then rolled back to v1
+            wandb_aliases.queue(folder, "production", version, reg.get("cifar10-seed_cnn", version=version).card["wandb"])
+    api = StandInApi()
+    result = wandb_aliases.sync(reg, "cifar10-seed_cnn", api=api)
+    assert result == {"applied": {"production": "team/cifar-lit/cifar10-seed_cnn:v7"}, "waiting": {}}
+    assert api.asked == ["team/cifar-lit/cifar10-seed_cnn:v7"]  # its own version; v2's run never asked
+    assert api.saved == [("team/cifar-lit/cifar10-seed_cnn:v7", ["latest", "production"], {"registry_version": "v1"})]
+    assert api.linked == [("team/cifar-lit/cifar10-seed_cnn:v7", "wandb-registry-model/cifar10-seed_cnn",
+                           ["production", "registry-v1"])]
+    assert wandb_aliases.read_pending(folder) == [] and not (folder / wandb_aliases.PENDING).exists()
+
+
+def test_an_offline_runs_model_is_found_by_its_run_once_synced_and_waits_until_then(tmp_path):
+    from cifar_lit import wandb_aliases
+
+    reg = _registry_with(tmp_path, {"v1": _ref(run_id="r1")})
+    folder = reg.root / "cifar10-seed_cnn"
+    with reg.locked("cifar10-seed_cnn"):
+        wandb_aliases.queue(folder, "production", "v1", _ref(run_id="r1"))
+    waiting = wandb_aliases.sync(reg, "cifar10-seed_cnn", api=StandInApi())  # `wandb sync` not run yet
+    assert list(waiting["waiting"]) == ["production"]
+    assert "team/cifar-lit/r1 is not on W&B yet" in waiting["waiting"]["production"]
+    assert len(wandb_aliases.read_pending(folder)) == 1  # kept for the next try
+    api = StandInApi({"team/cifar-lit/r1": ["team/cifar-lit/cifar10-seed_cnn:v3"]})
+    assert wandb_aliases.sync(reg, "cifar10-seed_cnn", api=api)["applied"] == {"production": "team/cifar-lit/cifar10-seed_cnn:v3"}
+    assert api.linked[0][2] == ["production", "registry-v1"] and wandb_aliases.read_pending(folder) == []
+
+
+def test_set_alias_offline_queues_for_wandb_and_sync_says_why_it_waits(tmp_path, monkeypatch, capsys):
+    """A rollback with set-alias reached the file registry only: now it is queued for W&B, listed,
+    and sync-wandb without a key exits 1 with one line per waiting alias, keeping the queue. A
+    model W&B never saw (no reference on its card) queues nothing."""
+    from cifar_lit import wandb_aliases
+    from cifar_lit.registry import main
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    reg = _registry_with(tmp_path, {"v1": _ref("team/cifar-lit/cifar10-seed_cnn:v7"), "v2": _ref(run_id="r2")})
+    args = ["--registry-dir", str(reg.root)]
+    assert main([*args, "set-alias", "cifar10-seed_cnn", "production", "v1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "cifar10-seed_cnn: production -> v1"
+    assert out[1].startswith("W&B: production queued in ") and "no W&B API key" in out[1] and "sync-wandb" in out[1]
+    (entry,) = wandb_aliases.read_pending(reg.root / "cifar10-seed_cnn")
+    assert (entry["alias"], entry["version"]) == ("production", "v1")
+    assert entry["wandb"]["artifact"] == "team/cifar-lit/cifar10-seed_cnn:v7"
+    assert main([*args, "list"]) == 0
+    assert "cifar10-seed_cnn: 1 alias change(s) queued for W&B; apply with sync-wandb" in capsys.readouterr().out
+    assert main([*args, "sync-wandb"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cifar10-seed_cnn: W&B production still queued: no W&B API key")
+    assert len(wandb_aliases.read_pending(reg.root / "cifar10-seed_cnn")) == 1
+
+    plain = _registry_with(tmp_path / "plain", {"v1": None})
+    assert main(["--registry-dir", str(plain.root), "set-alias", "cifar10-seed_cnn", "production", "v1"]) == 0
+    assert capsys.readouterr().out.strip() == "cifar10-seed_cnn: production -> v1"
+    assert not (plain.root / "cifar10-seed_cnn" / wandb_aliases.PENDING).exists()
