@@ -70,10 +70,10 @@ def config(data_dir: Path, recipe: str, out: Path, **extra):
 
 def resolved(data_dir: Path, recipe: str, out: Path, split: Path, **extra):
     """The config a run of ``recipe`` on ``split`` trains with: the recipe, the data's batch size
-    and the machine's timed choices (``cifar_lit.probe``), as ``cifar_lit.train.fit`` makes it."""
-    from cifar_lit import probe
+    and the machine's timed choices (``cifar_lit.machine.probe``), as ``cifar_lit.training.train.fit`` makes it."""
     from cifar_lit.data.split import Split
-    from cifar_lit.recipes import DataSize, resolve
+    from cifar_lit.machine import probe
+    from cifar_lit.recipes.plan import DataSize, resolve
 
     s = Split.read(split)
     return probe.apply(resolve(config(data_dir, recipe, out, **extra), data=DataSize.of_split(s)), len(s.classes))[0]
@@ -99,7 +99,7 @@ def prepare(data_dir: Path) -> dict[str, Path]:
 
 def fit_and_test(data_dir: Path, recipe: str, split: Path, time_budget: float | None = None, **extra) -> dict:
     """(a), (e) and (g): runs in a child process; prints one JSON line. ``extra``: other fields."""
-    from cifar_lit.train import evaluate, fit
+    from cifar_lit.training.train import evaluate, fit
 
     out = OUT / f"fit-{recipe}-{int(time.time())}"
     cfg = config(data_dir, recipe, out, **({"time_budget": time_budget} if time_budget else {}), **extra)
@@ -191,7 +191,7 @@ def lightning_vs_plain(data_dir: Path, split: Path, steps: int = 45, rounds: int
     from lightning.pytorch.callbacks import Callback
 
     from cifar_lit.data.datamodule import ImageDataModule
-    from cifar_lit.train import build_classifier
+    from cifar_lit.training.train import build_classifier
 
     cfg = resolved(data_dir, "cpu-fast", OUT / "overhead", split)
     dm = ImageDataModule.from_config(cfg, split)

@@ -37,7 +37,7 @@ def main() -> None:
 
     from cifar_lit.config import TrainConfig
     from cifar_lit.data.datamodule import ImageDataModule
-    from cifar_lit.train import evaluate, fit
+    from cifar_lit.training.train import evaluate, fit
 
     unpack(args.tarball, args.data_dir)
     overrides = {k: v for k, v in (("model", args.model), ("max_epochs", args.max_epochs)) if v is not None}

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ValidationError
 
 from cifar_lit.config import EXAMPLES, FLAG_GROUPS, TrainConfig
-from cifar_lit.recipes import RECIPE_FIELDS, resolve
+from cifar_lit.recipes.plan import resolve
+from cifar_lit.recipes.presets import RECIPE_FIELDS
 
 
 def flag(field: str) -> str:

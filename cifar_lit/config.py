@@ -23,12 +23,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator, model_validator
 
-from cifar_lit.recipes import (
-    BUDGET_EPOCHS,
-    DEFAULT_BUDGET,
-    TORCHVISION_NETS,  # noqa: F401 - re-exported: train.py imports it from here
-)
-from cifar_lit.redact import public_url
+from cifar_lit.recipes.presets import BUDGET_EPOCHS, DEFAULT_BUDGET, RECIPES, recipe_for
+from cifar_lit.run.redact import public_url
 
 CIFAR_TRAIN_SIZE = 50_000
 
@@ -347,20 +343,14 @@ class TrainConfig(BaseModel):
 
     def network(self) -> str:
         """``model``, or the network its recipe would choose on this machine."""
-        if self.model is not None:
-            return self.model
-        from cifar_lit.recipes import resolve
-
-        return resolve(self).model
+        return self.model or RECIPES[recipe_for(self.recipe, self.accelerator)]["model"]
 
     @property
     def is_resolved(self) -> bool:
         """True once ``cifar_lit.recipes.resolve`` has filled in every recipe field, the data's included."""
-        from cifar_lit.recipes import DATA_FIELDS, PROBE, RECIPE_FIELDS, RECIPES
-
-        # Under a time budget an epoch count is only a cap, and an explicit budget has none: the
+        from cifar_lit.recipes.presets import DATA_FIELDS, PROBE, RECIPE_FIELDS
         # budget plans the steps. What the recipe leaves to the machine is chosen when the fit
-        # starts (cifar_lit.probe).
+        # starts (cifar_lit.machine.probe).
         preset = RECIPES.get(self.recipe, {})
         fields = [n for n in (*RECIPE_FIELDS, *DATA_FIELDS)
                   if not (n == "max_epochs" and self.time_budget) and preset.get(n) != PROBE]

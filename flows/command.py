@@ -1,6 +1,6 @@
 """What the flows' command lines share: Prefect settings chosen before Prefect is imported, the
 temporary API server waited for (``flows.temporary_api``), failures the user can act on shown as
-one line without tracebacks, and a finished run's quick exit.
+one line without tracebacks.
 
 Imports nothing heavy: the flows import it first, so ``--help`` and flag errors answer before
 Prefect, torch or W&B are loaded.
@@ -15,23 +15,19 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import NoReturn, TypeVar
 
+from flows.temporary_api import EPHEMERAL_TIMEOUT, STARTUP_TIMEOUT, prefect_defaults, started
+
 T = TypeVar("T")
 
-
-STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-# How Prefect's RuntimeError starts when its temporary server does not answer in time.
-EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+# Set by the ``cifar-lit`` command (flows.main) to the name the user typed, e.g. "cifar-lit train".
+PROGRAM: str | None = None
 
 
-def prefect_defaults() -> None:
-    """Defaults for settings the user has not set (call before importing Prefect)."""
-    # Without PREFECT_API_URL, Prefect starts a temporary API server; on a busy 2-core machine it
-    # can take longer than Prefect's default 20 s to answer, which would crash the run before it
-    # starts.
-    os.environ.setdefault(STARTUP_TIMEOUT, "120")
-    # The temporary server's usage telemetry fails with an ERROR line on every run without
-    # internet (GPU pools, air-gapped clusters) and tells the user nothing about their run.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+def program(script: str) -> str:
+    """The command's name in its help and errors: ``cifar-lit <command>``, or the script's."""
+    return PROGRAM or script
+
+__all__ = ["prefect_defaults", "program", "check_prefect", "check_install", "run_or_exit"]
 
 
 def check_prefect(prog: str) -> None:
@@ -47,7 +43,7 @@ def check_prefect(prog: str) -> None:
     url = os.environ.get("PREFECT_API_URL", "").strip().rstrip("/")
     if not url:
         home = os.environ.get("PREFECT_HOME") or os.path.join(os.path.expanduser("~"), ".prefect")
-        from cifar_lit.rundir import OutputDirError, check_writable
+        from cifar_lit.run.rundir import OutputDirError, check_writable
 
         try:
             check_writable(home, "PREFECT_HOME")
@@ -104,19 +100,11 @@ def _installed(*names: str) -> str:
 
 
 def one_line_errors() -> tuple[type[BaseException], ...]:
-    """Failures whose message already says what went wrong and what to do: a traceback adds
-    nothing for the user (the Prefect UI still gets it)."""
-    from cifar_lit.callbacks import NonFiniteLossError
-    from cifar_lit.data.cifar import DownloadError, HTTPDownloadError
-    from cifar_lit.data.imagefolder import DataError
-    from cifar_lit.locks import LockTimeoutError, SettingError
-    from cifar_lit.machine import MachineError
-    from cifar_lit.model_file import ModelFileError
-    from cifar_lit.registry import RegistryError
-    from cifar_lit.rundir import OutputDirError
+    """Failures whose message already says what went wrong and what to do (``UserError``): a
+    traceback adds nothing for the user (the Prefect UI still gets it)."""
+    from cifar_lit.errors import UserError
 
-    return (DownloadError, HTTPDownloadError, DataError, MachineError, ModelFileError, RegistryError,
-            OutputDirError, NonFiniteLossError, LockTimeoutError, SettingError)
+    return (UserError,)
 
 
 class _WithoutTraceback(logging.Formatter):
@@ -156,8 +144,6 @@ def run_or_exit(prog: str, run: Callable[[], T]) -> T:
     """``run()``; a one-line error ends the command with ``prog: error: <message>`` and exit 1."""
     errors = one_line_errors()
     quiet_console_tracebacks(errors)
-    from flows.temporary_api import started
-
     api = started()
     try:
         with api.serving() if api is not None else nullcontext():
@@ -184,29 +170,3 @@ def _exit(prog: str, error: BaseException) -> NoReturn:
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(1)
-
-
-def exit_finished() -> NoReturn:
-    """End a command whose run has finished, without the interpreter's teardown (call last, from a
-    command's ``__main__`` block only: it ends the process).
-
-    Runs what a normal exit runs that writes or stops anything: threading's exit hooks (Prefect
-    sends its last logs and events to the API there), then the ``atexit`` handlers (W&B's
-    teardown, the temporary API server's stop, temporary folders, ``logging.shutdown``), and
-    flushes stdout and stderr. What it skips is freeing every module and object one by one, which
-    after torch and Lightning took about 1 s on a 2-core machine and writes nothing.
-    """
-    import atexit
-    import threading
-
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is None:  # not CPython as we know it: the ordinary exit
-        sys.exit(0)
-    shutdown()  # waits for non-daemon threads, then runs threading's exit hooks
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed, or a pipe whose reader went away
-            pass
-    os._exit(0)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flows.command import check_install, check_prefect, prefect_defaults, run_or_exit
+from flows.command import check_install, check_prefect, prefect_defaults, program, run_or_exit
 
-PROG = "predict_flow.py"
+PROG = program("predict_flow.py")
 if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
     from cifar_lit.cli import parse_config
     from cifar_lit.config import PredictConfig
@@ -32,7 +32,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cifar_lit.config import PredictConfig
-from cifar_lit.predict import predict_to_csv
+from cifar_lit.lifecycle.predict import predict_to_csv
 
 
 @task(name="predict", cache_policy=NO_CACHE)
@@ -52,10 +52,10 @@ def predict_flow(config: PredictConfig) -> dict:
 
 def main(argv: list[str] | None = None, config: PredictConfig | None = None) -> dict:
     from cifar_lit.cli import fail, parse_config
-    from cifar_lit.model_file import ModelFileError, read_model
-    from cifar_lit.predict import check_output, resolve_model
-    from cifar_lit.registry import RegistryError
-    from cifar_lit.rundir import OutputDirError
+    from cifar_lit.lifecycle.model_file import ModelFileError, read_model
+    from cifar_lit.lifecycle.predict import check_output, resolve_model
+    from cifar_lit.lifecycle.registry import RegistryError
+    from cifar_lit.run.rundir import OutputDirError
 
     config = config or parse_config(argv, prog=PROG, model=PredictConfig)
     try:  # before any flow run exists: a wrong name, path or file is the user's one-line error
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None, config: PredictConfig | None = None) -> 
 
 
 if __name__ == "__main__":
-    from cifar_lit.signals import exit_cleanly_on_signals
-    from flows.command import exit_finished
+    from cifar_lit.run.signals import exit_cleanly_on_signals
 
     exit_cleanly_on_signals()
     main(config=CLI_CONFIG)
-    exit_finished()  # everything written and stopped; skips the interpreter's slow teardown

@@ -13,11 +13,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from flows.command import EPHEMERAL_TIMEOUT, prefect_defaults
-
 if TYPE_CHECKING:
     import subprocess
     import threading
+
+
+STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+# How Prefect's RuntimeError starts when its temporary server does not answer in time.
+EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def prefect_defaults() -> None:
+    """Defaults for settings the user has not set (call before importing Prefect)."""
+    # Without PREFECT_API_URL, Prefect starts a temporary API server; on a busy 2-core machine it
+    # can take longer than Prefect's default 20 s to answer, which would crash the run before it
+    # starts.
+    os.environ.setdefault(STARTUP_TIMEOUT, "120")
+    # The temporary server's usage telemetry fails with an ERROR line on every run without
+    # internet (GPU pools, air-gapped clusters) and tells the user nothing about their run.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 class TemporaryAPI:
@@ -27,8 +41,8 @@ class TemporaryAPI:
     Without ``PREFECT_API_URL``, Prefect's first flow call starts a local API server (a second
     process, about 5 s to answer on a 2-core machine) and waits for it. Starting it from Prefect
     meant importing Prefect's server module in this process first (about 1.5 s, of no use here);
-    this starts the same command Prefect runs (uvicorn on ``prefect.server.api.server:create_app``
-    with Prefect's ephemeral-mode variables, the same database under ``PREFECT_HOME``) right after
+    this starts Prefect's public ``prefect server start`` (no UI, no scheduling services; the same
+    database under ``PREFECT_HOME``) right after
     the flags parse, so it boots on the other core while this process imports Prefect, torch and
     Lightning, and points ``PREFECT_API_URL`` at it. ``wait()`` before the first flow call: it
     raises Prefect's own timeout error when the server does not answer in
@@ -43,7 +57,9 @@ class TemporaryAPI:
     kill on Linux too), after Prefect has sent its last logs and events.
     """
 
-    ATTEMPTS = 3  # uvicorn exits 3 when its port was taken between our check and its bind
+    # Its port can be taken between our check and its bind: `prefect server start` then exits 1
+    # ("already in use"), or 3 (uvicorn's own exit), and another port is tried.
+    ATTEMPTS = 3
     # Imported by the first flow call anyway: wait() imports it while the server is not ready.
     PRELOAD = ("prefect.flow_engine",)
 
@@ -82,24 +98,23 @@ class TemporaryAPI:
 
     def _spawn(self) -> None:
         import http.client  # noqa: F401 - imported here, not by the watcher thread (see _watch)
-        import importlib.util
         import subprocess
         import threading
         import time
 
         if self.attempts == 0:
-            # Prefect's SubprocessASGIServer runs the same command with the same variables.
-            self.env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                        "PREFECT__SERVER_FINAL": "1"}
+            self.env = dict(os.environ)
             self.started = time.monotonic()  # the startup timeout counts from here, as Prefect's does
         self.attempts += 1
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}/api"
-        site = Path(importlib.util.find_spec("prefect").origin).parents[1]
+        # Prefect's public command: no UI, and none of the services that schedule runs (there is
+        # nothing to schedule); the ones that record events and task runs stay, as in Prefect's
+        # own temporary server. The database is under PREFECT_HOME. Its banner is of no use here.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-            env=self.env, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+             "--no-ui", "--no-scheduler", "--no-late-runs", "--log-level", "ERROR", "--analytics-off"],
+            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             # Its own process group: Ctrl-C reaches this process only, which marks the run Crashed
             # through the server before stopping it; stop() ends the whole group.
             start_new_session=True, preexec_fn=_die_with_parent())
@@ -141,7 +156,7 @@ class TemporaryAPI:
             code = self.process.poll()
             if code is None:
                 return
-            if code == 3 and self.attempts < self.ATTEMPTS:  # its port was taken: another one
+            if code in (1, 3) and self.attempts < self.ATTEMPTS:  # its port was taken: another one
                 self._spawn()
                 self._use()
                 continue

@@ -17,10 +17,10 @@ import re
 import sys
 from pathlib import Path
 
-from flows.command import check_install, check_prefect, prefect_defaults, run_or_exit
+from flows.command import check_install, check_prefect, prefect_defaults, program, run_or_exit
 from flows.temporary_api import TemporaryAPI
 
-PROG = "train_flow.py"
+PROG = program("train_flow.py")
 prefect_defaults()
 if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
     from cifar_lit.cli import parse_config
@@ -36,17 +36,17 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from cifar_lit import tracking
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.formats import on_disk
 from cifar_lit.data.split import Split, data_counts, split_file_path, stage_split
-from cifar_lit.export import model_dir
-from cifar_lit.machine import MachineError, check_machine
-from cifar_lit.model_file import MODEL_FILE, TORCHSCRIPT_FILE
-from cifar_lit.promote import card, unchanged
-from cifar_lit.recipes import DataSize, plan, recipe_summary, resolve
-from cifar_lit.rundir import OutputDirError, check_writable, own_output_dir
-from cifar_lit.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
+from cifar_lit.lifecycle.export import model_dir
+from cifar_lit.lifecycle.model_file import MODEL_FILE, TORCHSCRIPT_FILE
+from cifar_lit.lifecycle.promote import card, unchanged
+from cifar_lit.machine.checks import MachineError, check_machine
+from cifar_lit.recipes.plan import DataSize, plan, recipe_summary, resolve
+from cifar_lit.run import tracking
+from cifar_lit.run.rundir import OutputDirError, check_writable, own_output_dir
+from cifar_lit.run.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
 from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
 
 
@@ -196,9 +196,7 @@ def main(argv: list[str] | None = None, config: TrainConfig | None = None, api: 
 
 
 if __name__ == "__main__":
-    from cifar_lit.signals import exit_cleanly_on_signals
-    from flows.command import exit_finished
+    from cifar_lit.run.signals import exit_cleanly_on_signals
 
     exit_cleanly_on_signals()
     main(config=CLI_CONFIG, api=API)
-    exit_finished()  # everything written and stopped; skips the interpreter's slow teardown

@@ -11,11 +11,11 @@ from pathlib import Path
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from cifar_lit import provenance
 from cifar_lit.data import cifar, formats, imagefolder, prepare
 from cifar_lit.data.cifar import DownloadError
 from cifar_lit.data.formats import DataRef, Source, get_format
 from cifar_lit.data.prepare import prepare_data
+from cifar_lit.run import provenance
 
 
 def stage_code(dataset: str) -> str:

@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.train import evaluate
+from cifar_lit.training.train import evaluate
 
 
 @task(name="test", cache_policy=NO_CACHE)

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.export import export_model
+from cifar_lit.lifecycle.export import export_model
 
 
 @task(

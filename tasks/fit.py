@@ -18,12 +18,12 @@ from prefect.artifacts import update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from cifar_lit import tracking
-from cifar_lit.callbacks import ServiceLostError, ServiceWatch
 from cifar_lit.config import TrainConfig
-from cifar_lit.distributed import fit_in_subprocess, is_distributed
-from cifar_lit.locks import env_seconds
-from cifar_lit.train import checkpoint_dir, fit
+from cifar_lit.files.locks import env_seconds
+from cifar_lit.run import tracking
+from cifar_lit.training.callbacks import ServiceLostError, ServiceWatch
+from cifar_lit.training.distributed import fit_in_subprocess, is_distributed
+from cifar_lit.training.train import checkpoint_dir, fit
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,12 @@ def abandon(config: TrainConfig, error: ServiceLostError) -> None:
 class Progress:
     """The fit's progress artifact, updated from a thread of its own with the newest epoch only:
     an update waits up to a minute of the Prefect client's retries when the API is slow or gone,
-    and training must not wait with it. ``flush`` waits for the last update (the 100 % one)."""
+    and training must not wait with it. The thread ends when nothing is left to send; ``flush``
+    waits for the last update (the 100 % one)."""
 
     def __init__(self, artifact_id: UUID | None, watch: ServiceWatch | None = None) -> None:
         self.artifact_id, self.watch = artifact_id, watch
         self.newest: tuple[float, str] | None = None
-        self.wake, self.idle = threading.Event(), threading.Event()
-        self.idle.set()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
@@ -89,32 +88,29 @@ class Progress:
         shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
         with self.lock:
             self.newest = (100.0 * done / total, f"epoch {done}/{total}: {shown}")
-            self.idle.clear()
-        if self.thread is None:  # the run's context (its client, settings) goes with the thread
-            context = contextvars.copy_context()
-            self.thread = threading.Thread(target=context.run, args=(self._send,), name="progress", daemon=True)
-            self.thread.start()
-        self.wake.set()
+            if self.thread is None:  # the run's context (its client, settings) goes with the thread
+                self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._send,),
+                                               name="progress", daemon=True)
+                self.thread.start()
 
     def _send(self) -> None:
         while True:
-            self.wake.wait()
-            self.wake.clear()
             with self.lock:
                 newest, self.newest = self.newest, None
-            if newest is not None and not (self.watch is not None and self.watch.down):
-                try:
-                    update_progress_artifact(self.artifact_id, progress=newest[0], description=newest[1])
-                except Exception as e:  # noqa: BLE001 - a UI update must never stop training
-                    log.warning("progress artifact update failed: %s", e)
-            with self.lock:
-                if self.newest is None:
-                    self.idle.set()
-                else:
-                    self.wake.set()
+                if newest is None:
+                    self.thread = None
+                    return
+            if self.watch is not None and self.watch.down:  # each try would wait a minute
+                continue
+            try:
+                update_progress_artifact(self.artifact_id, progress=newest[0], description=newest[1])
+            except Exception as e:  # noqa: BLE001 - a UI update must never stop training
+                log.warning("progress artifact update failed: %s", e)
 
     def flush(self, timeout: float = 60.0) -> None:
-        self.idle.wait(timeout)
+        thread = self.thread
+        if thread is not None:
+            thread.join(timeout)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -137,9 +133,9 @@ def _retry_transient(task, task_run, state) -> bool:
 @task(name="fit", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
 def fit_model(config: TrainConfig, split_file: Path, progress_artifact: UUID | None = None) -> dict:
     """Fit the model; returns checkpoint paths and validation metrics."""
-    # A retry continues this run's own last.ckpt (checked by cifar_lit.train.resume_point).
+    # A retry continues this run's own last.ckpt (checked by cifar_lit.training.train.resume_point).
     resume = config.resume or task_run.get_run_count() > 1
-    if is_distributed(config):  # DDP: one process per device, started by Lightning (see cifar_lit.distributed)
+    if is_distributed(config):  # DDP: one process per device, started by Lightning (see cifar_lit.training.distributed)
         result = fit_in_subprocess(config, split_file, resume=resume)
         # Under a time budget, max_epochs is only a cap: the fit that ended is the whole of it.
         total = result.epochs_completed if config.time_budget or not config.max_epochs else config.max_epochs

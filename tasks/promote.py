@@ -11,9 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.promote import decision_markdown, gate
-from cifar_lit.registry import Registry
-from cifar_lit.wandb_aliases import describe, record, reference
+from cifar_lit.lifecycle.promote import decision_markdown, gate
+from cifar_lit.lifecycle.registry import Registry
+from cifar_lit.lifecycle.wandb_aliases import describe, record, reference
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def promote_model(config: TrainConfig, model_files: dict, split_file: Path, card
                   wandb_artifact: str | None = None) -> dict:
     """Register the model as production iff it beats production on the same test split
     (``wandb_artifact``: this run's W&B model version, given the same alias on W&B: at once when
-    the run is online, else queued beside the registry; see ``cifar_lit.wandb_aliases``)."""
+    the run is online, else queued beside the registry; see ``cifar_lit.lifecycle.wandb_aliases``)."""
     ref = reference(config.model_name(), wandb_artifact)
     if ref is not None:  # the card says which W&B model this version is, for every later alias change
         card = {**card, "wandb": ref}

@@ -12,7 +12,7 @@ from prefect.logging import get_run_logger
 import cifar_lit.data.split as split_module
 from cifar_lit.data.formats import DataRef, get_format
 from cifar_lit.data.split import Split, describe_split, make_split, split_file_path
-from cifar_lit.provenance import source_hash
+from cifar_lit.run.provenance import source_hash
 
 
 def _cache_key(context, parameters) -> str:

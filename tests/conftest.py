@@ -25,7 +25,7 @@ os.environ.pop("WANDB_API_KEY", None)
 os.environ.pop("WANDB_MODE", None)
 os.environ["WANDB_SILENT"] = "true"
 os.environ["NETRC"] = str(_STATE / "netrc")  # no stored W&B login
-os.environ["CIFAR_LIT_CACHE"] = str(_STATE / "cifar_lit")  # the machine probe's cache (cifar_lit.probe)
+os.environ["CIFAR_LIT_CACHE"] = str(_STATE / "cifar_lit")  # the machine probe's cache (cifar_lit.machine.probe)
 
 import fakes  # noqa: E402
 
@@ -79,7 +79,7 @@ def make_config(tmp_path, server, archives):
 @pytest.fixture
 def wandb_run_cleanup():
     yield
-    from cifar_lit.tracking import finish_run
+    from cifar_lit.run.tracking import finish_run
 
     finish_run()
 
@@ -97,8 +97,8 @@ def tiny_model(archives, tmp_path_factory) -> Path:
     """One small trained model (``model.pt``, the tutorial's CNN, 1 epoch on the tiny CIFAR-10),
     trained once per session for the tests that only need a model to use."""
     from cifar_lit.data.datamodule import ImageDataModule
-    from cifar_lit.model_file import package
-    from cifar_lit.train import fit
+    from cifar_lit.lifecycle.model_file import package
+    from cifar_lit.training.train import fit
 
     root = tmp_path_factory.mktemp("tiny-model")
     srv = fakes.FileServer({"/cifar10.tar.gz": archives["cifar10"]}).start()

@@ -10,17 +10,17 @@ import torch
 import torchvision
 from fakes import image_folder, refused_url
 
-from cifar_lit import train
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.export import export_model
-from cifar_lit.model_file import ModelFileError, load_model
+from cifar_lit.lifecycle.export import export_model
+from cifar_lit.lifecycle.model_file import ModelFileError, load_model
+from cifar_lit.lifecycle.predict import predict
 from cifar_lit.models import build_model
 from cifar_lit.models.torchvision_nets import HEADS, WeightsError, load_start_weights, normalisation
-from cifar_lit.module import HeadFirst, head_of
-from cifar_lit.predict import predict
-from cifar_lit.recipes import resolve
-from cifar_lit.train import build_classifier, evaluate, fit, load_classifier
+from cifar_lit.recipes.plan import resolve
+from cifar_lit.training import train
+from cifar_lit.training.module import HeadFirst, head_of
+from cifar_lit.training.train import build_classifier, evaluate, fit, load_classifier
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 

@@ -1,5 +1,5 @@
 """--time-budget: the fit plans its steps from the measured speed, ends within the budget and
-completes its learning-rate schedule (cifar_lit.budget). The planning is driven by a fake clock
+completes its learning-rate schedule (cifar_lit.training.budget). The planning is driven by a fake clock
 (exact, whatever else runs on the machine); one real Lightning fit on tiny CIFAR checks the
 wiring, with generous time bounds only."""
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cifar_lit import train
-from cifar_lit.budget import BudgetSchedule, TimeBudget
 from cifar_lit.cli import parse_config
 from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.training import train
+from cifar_lit.training.budget import BudgetSchedule, TimeBudget
 
 
 def test_a_real_fit_completes_its_schedule_on_time(make_config):
@@ -198,7 +198,7 @@ def test_a_real_fit_with_a_budget_and_an_epoch_count_stops_at_the_epochs(make_co
 
 def test_the_summary_says_what_the_budget_chose():
     from cifar_lit.config import TrainConfig
-    from cifar_lit.summary import build_summary, summary_markdown
+    from cifar_lit.run.summary import build_summary, summary_markdown
 
     chose = {"seconds": 180.0, "steps": 1400, "epochs": 8.0, "first_plan_steps": 1380, "replans": 3,
              "step_seconds": 0.36, "images_per_second": 711.1, "epoch_end_seconds": 0.2}
@@ -217,8 +217,9 @@ def test_the_summary_says_what_the_budget_chose():
 
 def test_the_ui_summary_says_what_auto_and_a_short_budget_chose():
     from cifar_lit.config import TrainConfig
-    from cifar_lit.recipes import DataSize, Hardware, plan, recipe_summary
-    from cifar_lit.summary import build_summary, summary_markdown
+    from cifar_lit.recipes.plan import DataSize, plan, recipe_summary
+    from cifar_lit.recipes.presets import Hardware
+    from cifar_lit.run.summary import build_summary, summary_markdown
 
     cpu = Hardware(gpu=False)
     fit = {"metrics": {}, "epochs_completed": 3, "fit_seconds": 177.0, "best_checkpoint": "b", "last_checkpoint": "l",

@@ -128,3 +128,41 @@ def test_a_temporary_server_that_dies_is_named_not_reported_as_slow(tmp_path):
     assert line.startswith("train_flow.py: error: Prefect's temporary API server exited with code ")
     assert "before it answered" in line and "file-size limit" in line and str(tmp_path / "prefect-home") in line
     assert processes_of(tmp_path / "prefect-home") == []
+
+
+def test_the_cifar_lit_command_runs_each_flow_and_the_registry_under_its_own_name(tmp_path, tiny_model):
+    """``cifar-lit train|predict|registry``: the installed console script, each sub-command with
+    its help and its errors named after it; predict really classifies with a registered model."""
+    import csv
+    import shutil
+
+    from cifar_lit.lifecycle.registry import Registry
+
+    script = shutil.which("cifar-lit", path=str(Path(sys.executable).parent))
+    assert script, "the cifar-lit console script is not installed (pip install -e .)"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([script, *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+                              timeout=300)
+
+    top = run("--help")
+    assert top.returncode == 0 and all(f"  {c}" in top.stdout for c in ("train", "predict", "registry"))
+    assert run().returncode == 2 and run("serve").returncode == 2
+    helped = run("train", "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: cifar-lit train ") and "--time-budget" in helped.stdout
+    bad = run("train", "--max-epochs", "0")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "cifar-lit train: error: --max-epochs: Input should be greater than or equal to 1")
+
+    reg = Registry(tmp_path / "registry")
+    reg.add("tiny", {"model": tiny_model}, {"metrics": {"test_acc": 0.5}}, aliases=("latest", "production"))
+    listed = run("registry", "--registry-dir", str(reg.root), "list")
+    assert listed.returncode == 0 and listed.stdout.strip() == "tiny v1  test_acc=0.5  latest, production"
+    assert run("registry", "--registry-dir", str(reg.root), "show", "tiny", "v9").returncode == 2
+
+    photos = fakes.image_folder(tmp_path / "photos", per_class=2) / "train"
+    out = tmp_path / "preds.csv"
+    done = run("predict", "--registry-dir", str(reg.root), "--input", str(photos), "--output", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6 and all(r["prediction"] and not r["error"] for r in rows)

@@ -156,13 +156,13 @@ def test_script_help_answers_without_torch_prefect_or_wandb():
 
 
 def test_valid_flags_validate_without_torch_on_a_machine_without_gpu_driver():
-    from cifar_lit.recipes import gpu_driver_loaded
+    from cifar_lit.recipes.presets import gpu_driver_loaded
 
     if gpu_driver_loaded():
         pytest.skip("this machine has a GPU driver: choosing the auto recipe asks torch")
     code = WITHOUT_HEAVY_IMPORTS.split("script, *args")[0] + (
         "from cifar_lit.cli import parse_config\n"
-        "from cifar_lit.recipes import resolve\n"
+        "from cifar_lit.recipes.plan import resolve\n"
         "c = resolve(parse_config(['--max-epochs', '3']))\n"
         "print(c.recipe, c.max_epochs, c.precision)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

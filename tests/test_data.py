@@ -15,8 +15,10 @@ import torch
 from PIL import Image
 
 from cifar_lit.data.cifar import ChecksumError, download_cifar, load_cifar
+from cifar_lit.data.common import DataError
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.data.imagefolder import DataError, load_rgb32, scan_imagefolder
+from cifar_lit.data.imagefolder import scan_imagefolder
+from cifar_lit.data.images import load_rgb32
 from cifar_lit.data.prepare import prepare_data
 from cifar_lit.data.split import Split, make_split, resolve_count, split_file_path, stage_split
 

@@ -228,7 +228,10 @@ def test_prefect_yaml_is_valid(monkeypatch):
 
 
 def test_batch_predict_deployment_reads_and_writes_the_shared_storage():
-    # flows/predict_flow.py is being written: its structure only, without importing it.
+    from prefect.flows import load_flow_from_entrypoint
+
+    from cifar_lit.config import PredictConfig
+
     predict = _deployment("batch-predict")
     assert predict["entrypoint"] == "flows/predict_flow.py:predict_flow"
     assert predict["schedules"] == [] and "build" not in predict and "pull" not in predict
@@ -243,6 +246,9 @@ def test_batch_predict_deployment_reads_and_writes_the_shared_storage():
             "output": f"{STORAGE}/predictions/predictions.csv",
         }
     }
+    # The flow it names loads, and its parameters validate as the flow's own config.
+    assert load_flow_from_entrypoint(str(REPO / predict["entrypoint"])).name == "predict"
+    PredictConfig(**predict["parameters"]["config"])
     # The registry it reads is the one the nightly runs write.
     for name in GPU_DEPLOYMENTS:
         assert _deployment(name)["parameters"]["config"]["registry_dir"] == predict["parameters"]["config"]["registry_dir"]

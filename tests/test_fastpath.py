@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.tensors import DeviceBatches, flip_and_translate, load_tensors, tensor_cache_path
 from cifar_lit.models.airnet import AirNet
-from cifar_lit.recipes import resolve
-from cifar_lit.train import evaluate, fit
+from cifar_lit.recipes.plan import resolve
+from cifar_lit.training.train import evaluate, fit
 
 
 def _reference_uint8(dm: ImageDataModule, dataset) -> torch.Tensor:

@@ -13,9 +13,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from wandb_files import OfflineRun, offline_run_dirs
 
-from cifar_lit import wandb_aliases
-from cifar_lit.module import LitClassifier
-from cifar_lit.registry import Registry
+from cifar_lit.lifecycle import wandb_aliases
+from cifar_lit.lifecycle.registry import Registry
+from cifar_lit.training.module import LitClassifier
 from flows.train_flow import train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -21,9 +21,9 @@ from torch import nn
 from cifar_lit.cli import build_parser, parse_config
 from cifar_lit.data import formats
 from cifar_lit.data.cifar import cifar_classes
+from cifar_lit.data.common import DataError
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.formats import DataFormat, DataRef, get_format, on_disk, register
-from cifar_lit.data.imagefolder import DataError
 from cifar_lit.data.pools import ArrayPool
 from cifar_lit.data.prepare import prepare_data
 from cifar_lit.data.split import Split, data_counts, make_split, seeded_permutation

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cifar_lit.data.common import DataError
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.data.imagefolder import DataError, default_image_size, load_rgb, median_side, square
+from cifar_lit.data.images import default_image_size, load_rgb, median_side, square
 from cifar_lit.data.prepare import cache_dir, prepare_data
 from cifar_lit.data.serving import PilPath
 from cifar_lit.data.split import Split, make_split
@@ -140,9 +141,9 @@ def test_the_memory_budget_default_is_a_quarter_of_the_machine():
 
 
 def test_a_tiny_cache_max_gb_streams_in_a_real_fit(tmp_path, make_config, caplog, monkeypatch):
-    from cifar_lit.model_file import load_model, package
-    from cifar_lit.predict import predict
-    from cifar_lit.train import evaluate, fit
+    from cifar_lit.lifecycle.model_file import load_model, package
+    from cifar_lit.lifecycle.predict import predict
+    from cifar_lit.training.train import evaluate, fit
 
     root = _folder(tmp_path)
     cfg = _config(make_config, root, cache_max_gb=1e-6, max_epochs=2, val_size=0, recipe="cpu-fast", tta=1,
@@ -164,7 +165,7 @@ def test_a_tiny_cache_max_gb_streams_in_a_real_fit(tmp_path, make_config, caplog
     assert tested.metrics["test_acc"] == pytest.approx(np.mean(df["prediction"].to_numpy() == np.array(labels)))
     # And the registry gate judges it so too, on 48 px images, when it is the champion a
     # challenger must beat.
-    from cifar_lit import promote
+    from cifar_lit.lifecycle import promote
 
     seen = []
     real_outputs = promote.outputs
@@ -293,7 +294,7 @@ def test_seed_cnn_at_32_is_still_the_tutorial_network():
 
 
 def test_translate_tta_scales_with_the_size():
-    from cifar_lit.model_file import tta_views
+    from cifar_lit.lifecycle.model_file import tta_views
 
     for size, shift in ((32, 1), (64, 2)):
         x = torch.arange(2 * 3 * size * size, dtype=torch.float32).view(2, 3, size, size)
@@ -315,9 +316,9 @@ def test_too_small_a_size_for_a_network_is_a_one_line_error():
 @pytest.mark.parametrize(("model", "data_path"), [("seed_cnn", "pil"), ("airnet_s", "tensor"),
                                                   ("resnet18", "tensor"), ("mobilenet_v3_small", "pil")])
 def test_every_network_family_trains_exports_and_predicts_at_48(tmp_path, make_config, model, data_path):
-    from cifar_lit.model_file import load_model, package
-    from cifar_lit.predict import predict
-    from cifar_lit.train import fit, load_classifier
+    from cifar_lit.lifecycle.model_file import load_model, package
+    from cifar_lit.lifecycle.predict import predict
+    from cifar_lit.training.train import fit, load_classifier
 
     root = _folder(tmp_path)
     cfg = _config(make_config, root, model=model, data_path=data_path, tta=1)

@@ -20,8 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar_lit.data.common import DataError
 from cifar_lit.data.formats import on_disk
-from cifar_lit.data.imagefolder import DataError, load_rgb32, scan_imagefolder, stat_signature
+from cifar_lit.data.imagefolder import scan_imagefolder, stat_signature
+from cifar_lit.data.images import load_rgb32
 from cifar_lit.data.prepare import prepare_data
 from cifar_lit.data.split import Split, make_split, split_file_path, split_fingerprint
 from cifar_lit.data.tensors import load_tensors, split_parts
@@ -324,14 +326,14 @@ def test_every_mode_decodes_to_the_8bit_rgb_it_shows(tmp_path, case):
     im.save(path, fmt, **(options[0] if options else {"quality": 95} if fmt == "JPEG" else {}))
     # End to end, as the scan, the tensor cache and the DataLoader decode it: the reference's
     # centre square at 32 px.
-    from cifar_lit.data.imagefolder import square
+    from cifar_lit.data.images import square
 
     resized = np.asarray(square(Image.fromarray(ref), 32)).astype(int)
     assert np.abs(np.asarray(load_rgb32(path)).astype(int) - resized).max() <= 1, case
     # The conversion itself, at full size.
     with Image.open(path) as opened:
         assert case.startswith("exif") or opened.mode == im.mode  # the file kept the mode under test
-        from cifar_lit.data.imagefolder import to_rgb8
+        from cifar_lit.data.images import to_rgb8
 
         got = to_rgb8(opened)
     assert got.mode == "RGB" and got.size == (ref.shape[1], ref.shape[0])

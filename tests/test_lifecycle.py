@@ -26,10 +26,10 @@ from prefect.settings import PREFECT_API_URL
 from prefect_processes import REPO
 
 from cifar_lit.data.split import Split
-from cifar_lit.model_file import ModelFileError, load_model, read_model
-from cifar_lit.predict import predict
-from cifar_lit.promote import gate
-from cifar_lit.registry import Registry
+from cifar_lit.lifecycle.model_file import ModelFileError, load_model, read_model
+from cifar_lit.lifecycle.predict import predict
+from cifar_lit.lifecycle.promote import gate
+from cifar_lit.lifecycle.registry import Registry
 from flows.train_flow import train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -336,7 +336,7 @@ def test_a_crafted_model_file_runs_nothing(tmp_path, monkeypatch):
 
 
 def test_registry_command_lists_shows_and_rolls_back(tmp_path, capsys):
-    from cifar_lit.registry import main
+    from cifar_lit.lifecycle.registry import main
 
     reg = Registry(tmp_path / "reg")
     src = tmp_path / "model.pt"

@@ -1,4 +1,4 @@
-"""Muon (cifar_lit.optim): SGD where it should be SGD, orthogonalised steps for conv filters, and
+"""Muon (cifar_lit.training.optim): SGD where it should be SGD, orthogonalised steps for conv filters, and
 an exact resume of the recipe that uses it."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.module import LitClassifier
-from cifar_lit.optim import Muon
-from cifar_lit.recipes import resolve
-from cifar_lit.train import fit
+from cifar_lit.recipes.plan import resolve
+from cifar_lit.training.module import LitClassifier
+from cifar_lit.training.optim import Muon
+from cifar_lit.training.train import fit
 
 
 def _net() -> nn.Module:

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from wandb_files import OfflineRun, offline_run_dirs, records
 
-from cifar_lit import tracking
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.panels import panel_indices
-from cifar_lit.train import evaluate, fit
+from cifar_lit.run import tracking
+from cifar_lit.training.train import evaluate, fit
 
 
 def _check_round_robin(labels: list[int], chosen: list[int], n: int) -> None:

@@ -1,4 +1,4 @@
-"""The machine probe (cifar_lit.probe): what a recipe leaves to the machine is timed on it with
+"""The machine probe (cifar_lit.machine.probe): what a recipe leaves to the machine is timed on it with
 the real network, the fastest candidate is used, the result is cached per machine and invalidated
 by another CPU or torch version, and what the user gave is never probed over.
 ``CIFAR_LIT_PROBE_PRECISION`` forces its precision (CI forces bf16 over the fault and lifecycle
@@ -14,11 +14,12 @@ import time
 import pytest
 import torch
 
-from cifar_lit import probe, train
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.machine import PRECISION_ENV, MachineError, check_machine
-from cifar_lit.recipes import resolve
+from cifar_lit.machine import probe
+from cifar_lit.machine.checks import PRECISION_ENV, MachineError, check_machine
+from cifar_lit.recipes.plan import resolve
+from cifar_lit.training import train
 
 
 @pytest.fixture(autouse=True)

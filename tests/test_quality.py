@@ -11,8 +11,8 @@ import torch
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.models import MODELS, register
 from cifar_lit.models.seed_cnn import SeedCNN
-from cifar_lit.quality import collapse_warnings
-from cifar_lit.train import evaluate, fit
+from cifar_lit.training.quality import collapse_warnings
+from cifar_lit.training.train import evaluate, fit
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -94,14 +94,14 @@ def test_real_run_that_collapsed_warns(make_config, collapsed_model, caplog):
     cfg = make_config(model=collapsed_model, max_epochs=1, lr=1e-6, wandb_mode="disabled", prediction_samples=0)
     ImageDataModule.from_config(cfg).setup("fit")
     fitted = fit(cfg, cfg.out / "split.json")
-    with caplog.at_level(logging.WARNING, logger="cifar_lit.train"):
+    with caplog.at_level(logging.WARNING, logger="cifar_lit.training.train"):
         tested = evaluate(cfg, cfg.out / "split.json", fitted.best_checkpoint)
     assert tested.warnings == [
         "predicts 'cat' for 100% of the test images (60 of 60), though 'cat' is 10% of them",
         "test accuracy 10.0% (6 of 60) is no better than always guessing the largest class 'cat' (10.0%, 6 of 60)",
     ]
     assert tested.to_dict()["warnings"] == tested.warnings
-    logged = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "cifar_lit.train"]
+    logged = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "cifar_lit.training.train"]
     assert [r.getMessage() for r in logged] == [f"{COLLAPSED}: {line}" for line in tested.warnings]
 
 

@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
-from cifar_lit import recipes
 from cifar_lit.cli import parse_config
 from cifar_lit.config import TrainConfig
-from cifar_lit.recipes import PROBE, RECIPES, DataSize, Hardware, fit_to_data, plan, resolve
+from cifar_lit.recipes import plan as plan_module
+from cifar_lit.recipes import presets
+from cifar_lit.recipes.plan import DataSize, fit_to_data, plan, resolve
+from cifar_lit.recipes.presets import PROBE, RECIPES, Hardware
 
 CPU, GPU = Hardware(gpu=False), Hardware(gpu=True)
 CIFAR = DataSize(45_000)
@@ -42,10 +44,10 @@ def test_auto_recipe_follows_the_hardware():
 
 def test_without_a_gpu_driver_the_recipe_is_chosen_without_asking_torch(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what torch would say on a GPU machine
-    monkeypatch.setattr(recipes, "GPU_DRIVER_PATHS", (str(tmp_path / "nvidiactl"),))
-    assert not recipes.gpu_driver_loaded() and resolve(TrainConfig()).recipe == "cpu-fast"  # torch not asked
+    monkeypatch.setattr(presets, "GPU_DRIVER_PATHS", (str(tmp_path / "nvidiactl"),))
+    assert not presets.gpu_driver_loaded() and resolve(TrainConfig()).recipe == "cpu-fast"  # torch not asked
     (tmp_path / "nvidiactl").touch()
-    assert recipes.gpu_driver_loaded() and resolve(TrainConfig()).recipe == "gpu-fast"  # a driver: torch decides
+    assert presets.gpu_driver_loaded() and resolve(TrainConfig()).recipe == "gpu-fast"  # a driver: torch decides
 
 
 def test_validation_probes_no_hardware_and_no_disk(monkeypatch, tmp_path):
@@ -54,7 +56,7 @@ def test_validation_probes_no_hardware_and_no_disk(monkeypatch, tmp_path):
     def probe(*_):
         raise AssertionError("validation probed the hardware")
 
-    monkeypatch.setattr(recipes, "wants_gpu", probe)
+    monkeypatch.setattr(presets, "wants_gpu", probe)
     c = TrainConfig(dataset="imagefolder", data_dir=tmp_path / "not-here", recipe="cpu-fast")
     assert TrainConfig(**c.as_dict()) == c
 
@@ -133,9 +135,9 @@ def test_small_data_gets_enough_steps_per_epoch_and_in_all(recipe, n):
     c = resolve(TrainConfig(recipe=recipe), CPU, DataSize(n))
     steps = n // c.batch_size
     assert c.batch_size <= RECIPES[recipe]["batch_size"]
-    assert steps >= recipes.MIN_STEPS_PER_EPOCH or c.batch_size == recipes.SMALLEST_BATCH
-    assert c.batch_size == RECIPES[recipe]["batch_size"] or n // (2 * c.batch_size) < recipes.MIN_STEPS_PER_EPOCH
-    assert steps * c.max_epochs >= recipes.MIN_STEPS or c.max_epochs == recipes.MAX_SCALED_EPOCHS
+    assert steps >= presets.MIN_STEPS_PER_EPOCH or c.batch_size == presets.SMALLEST_BATCH
+    assert c.batch_size == RECIPES[recipe]["batch_size"] or n // (2 * c.batch_size) < presets.MIN_STEPS_PER_EPOCH
+    assert steps * c.max_epochs >= presets.MIN_STEPS or c.max_epochs == presets.MAX_SCALED_EPOCHS
     assert c.max_epochs >= RECIPES[recipe]["max_epochs"]
 
 
@@ -155,7 +157,7 @@ def test_the_adaptation_is_said_in_one_line_and_in_the_summary_block():
     assert p.adapted == {"batch_size": (256, 32), "max_epochs": (4, 20)}
     assert p.describe() == ("small dataset (650 training images): batch_size 256 -> 32, max_epochs 4 -> 20 "
                             "(20 steps per epoch, 400 in all)")
-    block = recipes.recipe_summary(p)
+    block = plan_module.recipe_summary(p)
     assert json.loads(json.dumps(block)) == {
         "name": "cpu-fast", "n_train": 650, "note": p.describe(), "budget_note": None,
         "adapted": {"batch_size": {"recipe": 256, "chosen": 32}, "max_epochs": {"recipe": 4, "chosen": 20}}}
@@ -168,7 +170,7 @@ def test_auto_trains_to_its_device_class_budget_and_at_most_4x_the_recipes_epoch
     assert c.time_budget == "auto" and not c.is_resolved  # seconds and cap once the data is known
     c = resolve(c, CPU, CIFAR)
     assert (c.recipe, c.time_budget, c.max_epochs) == ("cpu-fast", 180.0, 16) and c.is_resolved
-    assert recipes.DEFAULT_BUDGET == {"cpu": 180.0, "gpu": 60.0} and recipes.BUDGET_EPOCHS == 4  # as the README says
+    assert presets.DEFAULT_BUDGET == {"cpu": 180.0, "gpu": 60.0} and presets.BUDGET_EPOCHS == 4  # as the README says
     g = plan(resolve(TrainConfig(), GPU), GPU, CIFAR)
     assert (g.config.recipe, g.config.time_budget, g.config.max_epochs) == ("gpu-fast", 60.0, 40)
     assert g.budget_note() == ("time budget: 60 s (auto, on a GPU), at most 40 epochs; "
@@ -209,9 +211,9 @@ def test_the_default_run_on_a_small_folder_ends_at_its_cap_not_its_budget(tmp_pa
     """Recipe and budget left to auto on 64 training photos: the small-data rule's steps, then
     the fit ends, minutes before the budget would. (The rule's 400 steps shrunk to 80, and the
     tutorial's small CNN, keep the test quick.)"""
-    monkeypatch.setattr(recipes, "MIN_STEPS", 80)
+    monkeypatch.setattr(plan_module, "MIN_STEPS", 80)
     from cifar_lit.data.datamodule import ImageDataModule
-    from cifar_lit.train import fit
+    from cifar_lit.training.train import fit
     from tests import fakes
 
     root = fakes.image_folder(tmp_path / "photos", classes=("a", "b"), per_class=40)
@@ -230,10 +232,10 @@ def test_the_default_run_on_a_small_folder_ends_at_its_cap_not_its_budget(tmp_pa
 
 
 def test_a_standalone_fit_on_a_small_folder_takes_the_adapted_batch(tmp_path):
-    """cifar_lit.train.fit with an unresolved config resolves it for its split: 64 training
+    """cifar_lit.training.train.fit with an unresolved config resolves it for its split: 64 training
     images under cpu-fast train in batches of 16 (4 steps an epoch), not one batch of 256."""
     from cifar_lit.data.datamodule import ImageDataModule
-    from cifar_lit.train import fit
+    from cifar_lit.training.train import fit
     from tests import fakes
 
     root = fakes.image_folder(tmp_path / "photos", classes=("a", "b"), per_class=40)

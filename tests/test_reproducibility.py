@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from cifar_lit.promote import gate
-from cifar_lit.registry import Registry
+from cifar_lit.lifecycle.promote import gate
+from cifar_lit.lifecycle.registry import Registry
 from flows.train_flow import train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

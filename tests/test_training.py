@@ -12,14 +12,14 @@ import pytest
 import torch
 from wandb_files import OfflineRun, offline_run_dirs
 
-from cifar_lit import tracking
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.export import export_model
+from cifar_lit.lifecycle.export import export_model
 from cifar_lit.models import CATALOGUE, MODELS, build_model, register
 from cifar_lit.models.seed_cnn import SeedCNN
-from cifar_lit.module import LitClassifier
-from cifar_lit.recipes import DataSize, resolve
-from cifar_lit.train import OutputDirError, evaluate, fit, load_classifier
+from cifar_lit.recipes.plan import DataSize, resolve
+from cifar_lit.run import tracking
+from cifar_lit.training.module import LitClassifier
+from cifar_lit.training.train import OutputDirError, evaluate, fit, load_classifier
 
 
 def test_seed_cnn_is_the_tutorial_network():

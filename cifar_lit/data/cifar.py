@@ -12,7 +12,7 @@ A folder that is already extracted is used without a network request when it car
 (written after we extract), or, for the official archive, when every file in it matches the md5
 published for it (torchvision's own download, an older run of ours): then the marker is written.
 
-One download at a time per data root: a lock file there (``cifar_lit.locks``) serialises
+One download at a time per data root: a lock file there (``cifar_lit.files.locks``) serialises
 concurrent first runs (the second waits, then finds the data ready; a holder that hangs ends the
 wait after ``CIFAR_LIT_LOCK_TIMEOUT`` seconds with one line naming it). The archive is fetched to
 a temporary file of its own and renamed only once its md5 matches. Every member is checked
@@ -55,9 +55,10 @@ import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import calculate_md5
 
-from cifar_lit.data.imagefolder import DataError
-from cifar_lit.locks import env_seconds, exclusive
-from cifar_lit.redact import public_url  # noqa: F401 - part of this module's interface
+from cifar_lit.data.common import DataError
+from cifar_lit.errors import UserError
+from cifar_lit.files.locks import env_seconds, exclusive
+from cifar_lit.run.redact import public_url  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _source(cls: type[CIFAR10]) -> CifarSource:
 SOURCES: dict[str, CifarSource] = {"cifar10": _source(CIFAR10), "cifar100": _source(CIFAR100)}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """The archive could not be fetched or used. The message is one line: what failed, the URL
     without credentials, and what to do. ``transient``: the same request may succeed later, so
     the download task retries it."""
@@ -130,7 +131,7 @@ class ArchiveError(DownloadError, tarfile.TarError):
     deleted and nothing was extracted. A ``tarfile.TarError`` too, for callers that catch those."""
 
 
-class HTTPDownloadError(urllib.error.HTTPError):
+class HTTPDownloadError(UserError, urllib.error.HTTPError):
     """An HTTP error status, with a one-line message and the URL without credentials. Still an
     ``HTTPError`` (with its ``code``) for callers and retry rules that look at the status, but
     picklable, as Prefect persists a failed task's exception. ``str()`` is the message alone,

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Literal
 import lightning as L
 import torch
 
+from cifar_lit.data.common import SIZE, DataError
 from cifar_lit.data.formats import get_format
-from cifar_lit.data.imagefolder import SIZE, DataError
 from cifar_lit.data.panels import panel_indices
 from cifar_lit.data.pools import MEAN, STD
 from cifar_lit.data.serving import PilPath, TensorPath
@@ -83,7 +83,7 @@ class ImageDataModule(L.LightningDataModule):
         output dir (``split.json``), as the flow's stages would."""
         from cifar_lit.data.prepare import prepare_data
         from cifar_lit.data.split import make_split, stage_split
-        from cifar_lit.recipes import DataSize, resolve
+        from cifar_lit.recipes.plan import DataSize, resolve
 
         c = resolve(config)
         if split_file is None:

@@ -10,11 +10,8 @@ Every image under a class folder counts, at any depth (like torchvision's ``Imag
 a deterministic order: name by name, depth first. Folders are followed through symlinks; one
 that leads back to a folder above it (a symlink loop) is skipped with a reason, not walked forever.
 
-Every file is decoded once while scanning, exactly as training decodes it (``to_rgb8``: any PIL
-mode as 8-bit RGB, EXIF orientation applied), and its size as decoded, (width, height), is
-recorded (``Scan.sizes``; the split's ``median_side`` and ``default_image_size`` come from it).
-Training, evaluation and prediction then see each image as a square of the run's image size
-(``square``, ``load_rgb``).
+Every file is decoded once while scanning, as training decodes it (``cifar_lit.data.images``),
+and its decoded size is recorded (``Scan.sizes``).
 
 A file that cannot be used (not an image PIL reads, a decompression bomb, a broken symlink or a
 symlink loop, a FIFO, a name that is not UTF-8, a read error, a folder that cannot be listed) is
@@ -31,40 +28,19 @@ class, or its files images).
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import stat
-import statistics
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from cifar_lit.data.common import RUN_FILES, DataError, derived_dir, shown
+from cifar_lit.data.images import read_image
 
 log = logging.getLogger(__name__)
-SIZE = 32  # CIFAR's side, and the side of image-folder images while no image_size is set
-CACHE_DIR = ".cifar_lit"  # derived files beside the data (cifar_lit.data.prepare.cache_dir)
-CACHE_ENV = "CIFAR_LIT_CACHE"  # the user's cache (also the machine probe's): derived files of read-only data
 
 
-def derived_dir(root: Path) -> Path:
-    """Where the files derived from the data under ``root`` live (manifests, split files, tensor
-    caches, the cache id): ``root/.cifar_lit``, beside the data; where ``root`` cannot be written
-    (a read-only mount or share), a folder of its own in the user's cache (``CIFAR_LIT_CACHE``,
-    else ``~/.cache/cifar_lit``), named by ``root``'s resolved path, so read-only data still
-    trains. A ``root`` that does not exist yet (CIFAR before its download) is created beside."""
-    root = Path(root)
-    beside = root / CACHE_DIR
-    if not root.is_dir() or os.access(beside if beside.is_dir() else root, os.W_OK):
-        return beside
-    base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cifar_lit"
-    return Path(base) / "data" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-
-
-# What a run's output dir holds (cifar_lit.rundir takes .lock before anything else is written).
-RUN_FILES = frozenset({".lock", "summary.json", "split.json", "checkpoints"})
 VAL_FOLDERS = ("val", "valid", "validation")  # the first present is the validation folder
 # Part of every fingerprint: bump it when the same files would give other samples or pixels
 # (the decoding, the walk, the layout), so caches keyed by the fingerprint (manifests, tensor
@@ -73,10 +49,6 @@ VAL_FOLDERS = ("val", "valid", "validation")  # the first present is the validat
 # 3: the manifest records every image's size; images are resized keeping their aspect ratio and
 #    centre-cropped (``square``) at any image_size, no longer squashed to 32x32.
 SCAN_FORMAT = 3
-
-
-class DataError(ValueError):
-    """The dataset on disk cannot be used; the message names the file or folder."""
 
 
 @dataclass
@@ -104,23 +76,12 @@ class Layout:
     test: Path | None
 
 
-def shown(path) -> str:
-    """A path as text that is always valid UTF-8 (for messages, JSON and W&B): the bytes of a
-    name that is not UTF-8 appear as \\xNN escapes instead of lone surrogates."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _decodes(name: str) -> bool:
     try:
         name.encode("utf-8")
         return True
     except UnicodeEncodeError:  # os.scandir gave lone surrogates for the bytes it could not decode
         return False
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -393,85 +354,6 @@ def stat_signature(root: Path, folders=()) -> str:
     return h.hexdigest()
 
 
-# ---- decoding -----------------------------------------------------------------------------------
-
-ORIENTATION = 0x0112  # the EXIF tag
-ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-
-
-def _grey(values: np.ndarray) -> Image.Image:
-    return Image.fromarray(values.astype(np.uint8)).convert("RGB")  # 2-D uint8: mode L
-
-
-def to_rgb8(im: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB at its own size, its EXIF orientation applied.
-
-    - 16-bit greyscale (``I;16``, ``I;16B``, ...; ``I`` is read as 16-bit, as PIL opens some
-      16-bit files) scales by the bit depth, 65535 -> 255 (PIL's own convert clips at 255).
-    - 32-bit float (``F``) is read as [0, 1] (the float-image convention of numpy, torchvision
-      and scikit-image), clipped; NaN is black.
-    - Transparency (an alpha channel, or a palette's or colour key's ``transparency``) is
-      composited onto white: what a viewer shows on a white page, and the same colour for every
-      transparent pixel whatever RGB it happens to store (dropping alpha would show that).
-    - Everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ...) by PIL's ``convert("RGB")``.
-    """
-    try:
-        if im.getexif().get(ORIENTATION, 1) != 1:  # checked first: exif_transpose copies even upright images
-            im = ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001 - unreadable EXIF: the pixels as stored are still an image
-        pass
-    if im.mode in SIXTEEN_BIT:
-        a = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-        return _grey((a * 255 + 32767) // 65535)
-    if im.mode == "F":
-        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-        return _grey(np.rint(np.clip(a, 0.0, 1.0) * 255))
-    if im.mode in ALPHA_MODES or "transparency" in im.info:
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
-    return im.convert("RGB")
-
-
-def square(im: Image.Image, size: int) -> Image.Image:
-    """``im`` resized (bilinear, antialiased) so that its shorter side is ``size``, aspect ratio
-    kept, then its centre ``size`` x ``size`` cropped: the evaluation view of an image at any
-    ``image_size`` (validation, test, predict, the tensor cache). A square image is only resized.
-
-    >>> square(Image.new("RGB", (96, 48)), 32).size, square(Image.new("RGB", (40, 90)), 20).size
-    ((32, 32), (20, 20))
-    """
-    w, h = im.size
-    if (w, h) == (size, size):
-        return im
-    scale = size / min(w, h)
-    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((rw, rh), Image.BILINEAR)  # PIL widens the filter when shrinking: no aliasing
-    left, top = (rw - size) // 2, (rh - size) // 2
-    return im if (rw, rh) == (size, size) else im.crop((left, top, left + size, top + size))
-
-
-def _read_image(path: str) -> tuple[bytes | None, tuple[int, int] | None, str | None]:
-    """The file's bytes and decoded (width, height) if training can use it, else None, None and
-    why (one line)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return None, None, f"cannot read it: {e.strerror or e}"
-    try:
-        # Decoded from the bytes just hashed, and converted as training converts it: what passes
-        # here is exactly what the tensor cache and the DataLoader will decode (resizing a decoded
-        # RGB image cannot fail, so it is left to them).
-        with Image.open(io.BytesIO(data)) as im:
-            size = to_rgb8(im).size
-    except UnidentifiedImageError:
-        return None, None, "not a readable image (not a format PIL recognises)"
-    except Exception as e:  # noqa: BLE001 - a crafted file makes PIL raise far more than OSError
-        # (DecompressionBombError, struct.error, MemoryError, ...): one such file must not stop a scan.
-        return None, None, f"not a readable image ({type(e).__name__}: {_one_line(e)})"
-    return data, size, None
-
-
 def _problem(entry: os.DirEntry) -> str | None:
     """Why a directory entry cannot be a sample before it is read, or None."""
     if not _decodes(entry.name):
@@ -518,7 +400,7 @@ def _scan_split(root: Path, top: Path, classes: list[str], bad: str, h, skipped:
             why = _problem(e)
             data = size = None
             if why is None:
-                data, size, why = _read_image(e.path)
+                data, size, why = read_image(e.path)
             if why is not None:
                 _skip(root, rel, why, bad, skipped)
                 continue
@@ -572,55 +454,3 @@ def scan_imagefolder(root: Path, bad_images: str = "skip", exclude=(), val_dir=N
                 sizes)
 
 
-def median_side(sizes) -> int | None:
-    """The median shorter side of images given as (width, height); None for none. The lower
-    median, so it is always the side of one of the images.
-
-    >>> median_side([(640, 480), (30, 40), (500, 800), (96, 96)]), median_side([])
-    (96, None)
-    """
-    sides = [min(w, h) for w, h in sizes]
-    return statistics.median_low(sides) if sides else None
-
-
-# The default size, measured on clothing5 (5 classes of photos, shorter sides 400-888 px, median
-# 400; its 723 train/ images trained, its 194 test/ images tested), recipe cpu-fast (airnet_s,
-# tensor path) with batch 32 and 30 epochs, seeds 42 and 1, on a shared 2-core AMD EPYC (AVX2):
-#
-#   image_size   test acc (seed 42, 1)   fit s (seed 42, 1)   time per step vs 32 px (paired)
-#   32           93.30%, 93.81%          183, 30              1.0x
-#   48           92.27%, 92.78%          205, 55              -
-#   64           92.27%, 92.78%          1532, 265            3.4x
-#   96           92.78%, 92.78%          363, 775             9.5x
-#
-# Larger inputs scored no better (one test image is 0.52 points; the seeds differ by 0.5-1 point)
-# and cost 3.4x-9.5x per step, so the default is 32 px whatever the photos' size. The fit times
-# swung 6x with the other jobs on the machine (the 32 px fit took 183 s and 30 s); the paired step
-# times (``airnet_s``, batch 32, sizes taking turns in one process) are the cost to go by. A
-# dataset whose classes differ in small details may still gain from ``--image-size``; measure it.
-
-
-def default_image_size(median_side: int | None) -> int:
-    """The image size a run uses when none is given, from the median shorter side of the train
-    images (``median_side`` in an image-folder split; None for CIFAR, or unknown): 32 px for
-    every median side, as measured above (photos of 400 px and more gained nothing from 48, 64
-    or 96 px at 2-10x the cost); smaller images are enlarged to it.
-
-    >>> [default_image_size(s) for s in (None, 20, 32, 100, 400, 4000)]
-    [32, 32, 32, 32, 32, 32]
-    """
-    return SIZE
-
-
-def load_rgb(path: Path, size: int | None = None) -> Image.Image:
-    """Any PIL-readable image as 8-bit RGB (``to_rgb8``: every mode, transparency on white, EXIF
-    orientation); with ``size``, as the ``size`` x ``size`` square the network sees (``square``:
-    the shorter side resized to ``size``, aspect ratio kept, the centre cropped)."""
-    with Image.open(path) as im:
-        im = to_rgb8(im)
-        return im if size is None else square(im, size)
-
-
-def load_rgb32(path: Path) -> Image.Image:
-    """``load_rgb`` at CIFAR's 32x32."""
-    return load_rgb(path, SIZE)

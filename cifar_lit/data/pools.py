@@ -18,9 +18,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from cifar_lit.data.imagefolder import SIZE, load_rgb
+from cifar_lit.data.common import SIZE
 
 # The tutorial's normalisation: mean 0.5 and std 0.5 per channel, so inputs lie in [-1, 1].
+from cifar_lit.data.images import load_rgb
+
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 # RandomResizedCrop's share of the photo's area. torchvision's default, (0.08, 1), was made for
 # ImageNet's 1.3M images and 90 epochs; on a few hundred photos trained for tens of epochs, a crop

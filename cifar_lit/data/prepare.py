@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cifar_lit.data.common import derived_dir
 from cifar_lit.data.formats import DataRef, Source, get_format
-from cifar_lit.data.imagefolder import derived_dir
 
 __all__ = ["DataRef", "cache_dir", "prepare_data"]
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from cifar_lit.atomic import write_json_atomic
+from cifar_lit.data.common import DataError
 from cifar_lit.data.formats import DataRef, get_format
-from cifar_lit.data.imagefolder import DataError
 from cifar_lit.data.prepare import cache_dir
+from cifar_lit.files.atomic import write_json_atomic
 
 REQUIRED = frozenset({"version", "dataset", "train", "val", "test", "classes", "samples"})
 
@@ -96,7 +96,7 @@ class Split:
         return {k: getattr(self, k) for k in get_format(self.dataset).split_keys}
 
     def write(self, path: Path) -> Path:
-        """Write the file whole or not at all (``cifar_lit.atomic``); returns ``path``."""
+        """Write the file whole or not at all (``cifar_lit.files.atomic``); returns ``path``."""
         return write_json_atomic(path, self.to_dict())
 
 

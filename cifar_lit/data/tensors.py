@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from cifar_lit.atomic import save_atomic
+from cifar_lit.data.common import SIZE, DataError
 from cifar_lit.data.formats import get_format
-from cifar_lit.data.imagefolder import SIZE, DataError
 from cifar_lit.data.prepare import cache_dir
 from cifar_lit.data.split import Split
+from cifar_lit.files.atomic import save_atomic
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def check_input_size(net: nn.Module, name: str, size: int) -> None:
     instead of a shape error in the first training step."""
     import torch
 
-    from cifar_lit.data.imagefolder import DataError
+    from cifar_lit.data.common import DataError
 
     mode = net.training
     try:

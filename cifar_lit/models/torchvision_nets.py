@@ -3,7 +3,7 @@ its classifier head sized for the dataset's classes.
 
 The builders make randomly initialised networks: that is all rebuilding an exported model needs,
 its weights being in model.pt. Starting weights are a separate step, ``load_start_weights``,
-which ``cifar_lit.train.build_classifier`` takes for a run with ``--pretrained`` (torchvision's
+which ``cifar_lit.training.train.build_classifier`` takes for a run with ``--pretrained`` (torchvision's
 published ImageNet weights through its weights API, downloaded once into the torch hub cache,
 ``$TORCH_HOME/hub/checkpoints``) or ``--weights-file PATH`` (a state dict saved from the same
 torchvision network, for machines without internet).
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifar_lit.model_file import ModelFileError, safe_load
+from cifar_lit.lifecycle.model_file import ModelFileError, safe_load
 from cifar_lit.models import register
 
 # The classifier layer each network's builder resizes, by its name inside the network.
@@ -40,7 +40,7 @@ def _build(name: str, num_classes: int) -> nn.Module:
     from torchvision.models import get_model
 
     net = get_model(name, weights=None, num_classes=num_classes)
-    # Where the head is, for head-first fine-tuning (cifar_lit.module.HeadFirst) and for loading
+    # Where the head is, for head-first fine-tuning (cifar_lit.training.module.HeadFirst) and for loading
     # starting weights without it; a plain string, so TorchScript keeps scripting the network.
     net.head_name = HEADS[name]
     return net

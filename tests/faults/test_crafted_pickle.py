@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from cifar_lit.data.cifar import load_cifar
+from cifar_lit.data.common import DataError
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.data.imagefolder import DataError
 
 
 class _Payload:

@@ -12,9 +12,9 @@ import time
 import fakes
 import pytest
 
-from cifar_lit import probe
 from cifar_lit.config import TrainConfig
-from cifar_lit.machine import activation_bytes, check_training_step, free_memory
+from cifar_lit.machine import probe
+from cifar_lit.machine.checks import activation_bytes, check_training_step, free_memory
 from cifar_lit.models import build_model
 from flows.train_flow import train_flow
 

@@ -33,12 +33,14 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar_lit.data.common import DataError
 from cifar_lit.data.formats import on_disk
-from cifar_lit.data.imagefolder import DataError, load_rgb32, scan_imagefolder, stat_signature
+from cifar_lit.data.imagefolder import scan_imagefolder, stat_signature
+from cifar_lit.data.images import load_rgb32
 from cifar_lit.data.prepare import cache_dir, prepare_data
 from cifar_lit.data.split import Split, make_split
 from cifar_lit.data.tensors import load_tensors, tensor_cache_path
-from cifar_lit.rundir import own_output_dir
+from cifar_lit.run.rundir import own_output_dir
 from tasks import download as download_task
 
 GOOD = 3 * 6  # fakes.image_folder(per_class=6): cat, dog, frog

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from cifar_lit.data.cifar import LOCK_FILE, download_cifar
-from cifar_lit.locks import TIMEOUT_ENV, LockTimeoutError, SettingError, exclusive
-from cifar_lit.registry import Registry
+from cifar_lit.files.locks import TIMEOUT_ENV, LockTimeoutError, SettingError, exclusive
+from cifar_lit.lifecycle.registry import Registry
 from flows.train_flow import train_flow
 
-HOLD = "import sys, time\nfrom cifar_lit.locks import exclusive\nwith exclusive(sys.argv[1], 'test'):\n" \
+HOLD = "import sys, time\nfrom cifar_lit.files.locks import exclusive\nwith exclusive(sys.argv[1], 'test'):\n" \
        "    print('held', flush=True)\n    time.sleep(120)\n"
 
 
@@ -65,7 +65,7 @@ def test_a_hung_registry_holder_ends_the_wait_with_one_line_naming_it(tmp_path, 
     assert reg.versions("shapes") == ["v1"]  # nothing was written while it waited
 
     # The registry command says the same in one line, exit 2.
-    out = subprocess.run([sys.executable, "-m", "cifar_lit.registry", "--registry-dir", str(tmp_path / "registry"),
+    out = subprocess.run([sys.executable, "-m", "cifar_lit.lifecycle.registry", "--registry-dir", str(tmp_path / "registry"),
                           "set-alias", "shapes", "production", "v1"], capture_output=True, text=True,
                          env={**os.environ, TIMEOUT_ENV: "1"})
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and f"pid {holder.pid}" in out.stderr

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from test_startup import processes_of
 
-from cifar_lit.model_file import load_model
-from cifar_lit.predict import predict
+from cifar_lit.lifecycle.model_file import load_model
+from cifar_lit.lifecycle.predict import predict
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ import fakes
 import pytest
 
 from cifar_lit.data.cifar import download_cifar
-from cifar_lit.data.imagefolder import derived_dir
+from cifar_lit.data.common import derived_dir
 from flows.train_flow import train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cifar_lit.registry import Registry
+from cifar_lit.lifecycle.registry import Registry
 from flows.train_flow import train_flow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def _as_another_user(code: str) -> subprocess.CompletedProcess:
     interpreter lives under root's private home here, so the process drops to that user only
     once it is loaded, as a server of another user's account would run."""
     drop = "os.setgroups([]); os.setgid(65534); os.setuid(65534); " if os.geteuid() == 0 else ""
-    script = f"import locale, os, sys; import cifar_lit.registry as registry; {drop}{code}"
+    script = f"import locale, os, sys; import cifar_lit.lifecycle.registry as registry; {drop}{code}"
     return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -91,7 +91,7 @@ def test_a_registry_dir_that_is_a_file_fails_before_any_training(make_config, tm
 
 
 def test_a_deleted_production_version_is_listed_and_does_not_block_the_next_run(make_config, tmp_path, capsys):
-    from cifar_lit.registry import main
+    from cifar_lit.lifecycle.registry import main
 
     common = dict(max_epochs=1, prediction_samples=0, wandb_mode="disabled")
     first = train_flow(make_config(output_dir=tmp_path / "a", **common))

@@ -24,8 +24,8 @@ from prefect.settings import PREFECT_API_URL
 from prefect_processes import REPO
 
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.module import LitClassifier
-from cifar_lit.train import fit
+from cifar_lit.training.module import LitClassifier
+from cifar_lit.training.train import fit
 from flows.train_flow import train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -102,14 +102,14 @@ def test_truncated_last_checkpoint_falls_back_to_the_last_good_copy(make_config)
 
     last.write_bytes(b"garbage")
     prev.write_bytes(b"garbage")
-    from cifar_lit.model_file import ModelFileError
+    from cifar_lit.lifecycle.model_file import ModelFileError
 
     with pytest.raises(ModelFileError, match=f"^{last}: not a readable checkpoint .*and its last-good copy"):
         fit(more.model_copy(update={"max_epochs": 4}), cfg.out / "split.json", resume=True)
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    from cifar_lit.checkpointing import AtomicCheckpointIO
+    from cifar_lit.training.checkpointing import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -131,7 +131,7 @@ def test_another_runs_checkpoint_is_never_resumed(make_config):
     ImageDataModule.from_config(cfg).setup("fit")
     fit(cfg, cfg.out / "split.json")
     other = cfg.model_copy(update={"lr": 5e-4})  # same dir, another config: not this run's checkpoint
-    from cifar_lit.rundir import OutputDirError
+    from cifar_lit.run.rundir import OutputDirError
 
     with pytest.raises(OutputDirError, match="written by a run with another config"):
         fit(other, cfg.out / "split.json", resume=True)
@@ -181,8 +181,8 @@ def test_a_crafted_checkpoint_runs_nothing(tmp_path):
     MARKER = tmp_path / "pwned"
     crafted = tmp_path / "best.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": _Boom()}, crafted)
-    from cifar_lit.model_file import ModelFileError
-    from cifar_lit.train import load_classifier
+    from cifar_lit.lifecycle.model_file import ModelFileError
+    from cifar_lit.training.train import load_classifier
 
     with pytest.raises(ModelFileError, match=f"^{crafted}: refused to load"):
         load_classifier(crafted)

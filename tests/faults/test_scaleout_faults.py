@@ -14,7 +14,7 @@ import time
 import torch
 
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.distributed import fit_in_subprocess
+from cifar_lit.training.distributed import fit_in_subprocess
 
 
 def _port() -> int:
@@ -28,7 +28,7 @@ def _node(cfg, rank: int, port: int) -> subprocess.Popen:
     cfg_file.write_text(cfg.model_dump_json())
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(rank),
            "LOCAL_RANK": "0", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "cifar_lit.distributed", "--config", str(cfg_file), "--split",
+    cmd = [sys.executable, "-m", "cifar_lit.training.distributed", "--config", str(cfg_file), "--split",
            str(cfg.out / "split.json"), "--result", str(cfg.out / "fit-result.json")]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -14,7 +14,7 @@ import wandb
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from cifar_lit import tracking
+from cifar_lit.run import tracking
 from flows.train_flow import train_flow
 
 
@@ -108,7 +108,7 @@ class StandInApi:
 
 def _registry_with(tmp_path, refs: dict[str, dict | None]):
     """A registry whose versions v1, v2... have the given W&B references on their cards."""
-    from cifar_lit.registry import Registry
+    from cifar_lit.lifecycle.registry import Registry
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     reg = Registry(tmp_path / "registry")
@@ -128,7 +128,7 @@ def test_a_promotion_names_its_own_artifact_version_and_only_the_newest_change_i
     """With ``:latest`` the W&B model was whichever run exported last (two runs exporting at
     once): the alias goes to the version the card names, by its own path. A rollback queued
     after a promotion supersedes it: W&B ends where the file registry ends."""
-    from cifar_lit import wandb_aliases
+    from cifar_lit.lifecycle import wandb_aliases
 
     reg = _registry_with(tmp_path, {"v1": _ref("team/cifar-lit/cifar10-seed_cnn:v7"), "v2": _ref(run_id="r2")})
     folder = reg.root / "cifar10-seed_cnn"
@@ -146,7 +146,7 @@ def test_a_promotion_names_its_own_artifact_version_and_only_the_newest_change_i
 
 
 def test_an_offline_runs_model_is_found_by_its_run_once_synced_and_waits_until_then(tmp_path):
-    from cifar_lit import wandb_aliases
+    from cifar_lit.lifecycle import wandb_aliases
 
     reg = _registry_with(tmp_path, {"v1": _ref(run_id="r1")})
     folder = reg.root / "cifar10-seed_cnn"
@@ -165,8 +165,8 @@ def test_set_alias_offline_queues_for_wandb_and_sync_says_why_it_waits(tmp_path,
     """A rollback with set-alias reached the file registry only: now it is queued for W&B, listed,
     and sync-wandb without a key exits 1 with one line per waiting alias, keeping the queue. A
     model W&B never saw (no reference on its card) queues nothing."""
-    from cifar_lit import wandb_aliases
-    from cifar_lit.registry import main
+    from cifar_lit.lifecycle import wandb_aliases
+    from cifar_lit.lifecycle.registry import main
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from cifar_lit.data.cifar import SOURCES, cifar_classes, download_cifar, is_ready, load_cifar
+from cifar_lit.data.common import SIZE, DataError
 from cifar_lit.data.formats import DataFormat, DataRef, Source, register
-from cifar_lit.data.imagefolder import SIZE, DataError
 from cifar_lit.data.pools import ArrayPool, Pool
 from cifar_lit.data.split import Split, resolve_count, seeded_permutation
 

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifar_lit.atomic import write_json_atomic
+from cifar_lit.data.common import DataError
 from cifar_lit.data.formats import DataFormat, DataRef, Source, register
-from cifar_lit.data.imagefolder import SCAN_FORMAT, DataError, load_rgb, median_side, scan_imagefolder, stat_signature
+from cifar_lit.data.imagefolder import SCAN_FORMAT, scan_imagefolder, stat_signature
+from cifar_lit.data.images import load_rgb, median_side
 from cifar_lit.data.pools import FilePool, Pool
 from cifar_lit.data.prepare import cache_dir
 from cifar_lit.data.split import Split, apportion, resolve_count, seeded_permutation
+from cifar_lit.files.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 # 2: stratified hold-outs, val/ folders, nested images, min_per_class. Version 1 image-folder

@@ -4,14 +4,14 @@ Lightning starts DDP by re-running the command that started the process, once pe
 rank. Re-running a Prefect flow (or pytest) that way would start whole new flow runs, so a
 distributed fit runs in its own command instead:
 
-    python -m cifar_lit.distributed --config CFG.json --split split.json --result fit.json [--resume]
+    python -m cifar_lit.training.distributed --config CFG.json --split split.json --result fit.json [--resume]
 
 which Lightning can safely re-run on every rank. The fit task starts it and waits; global rank
 0 writes the result file, saves checkpoints and logs to W&B (a "fit" run in the flow run's W&B
 group). Everything around fit (test, export, summary, Prefect artifacts) runs once, in the flow.
 
 On several nodes, every node runs the same command with Lightning's environment
-(``MASTER_ADDR``, ``MASTER_PORT``, ``NODE_RANK``; see the README's Kubernetes notes).
+(``MASTER_ADDR``, ``MASTER_PORT``, ``NODE_RANK``; see docs/deployments.md, Scaling out).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def device_count(config: TrainConfig) -> int:
 
 
 def _visible_devices(config: TrainConfig) -> int:
-    from cifar_lit.recipes import wants_gpu
+    from cifar_lit.recipes.presets import wants_gpu
 
     if wants_gpu(config.accelerator):
         import torch
@@ -54,14 +54,14 @@ def is_distributed(config: TrainConfig) -> bool:
 
 def fit_in_subprocess(config: TrainConfig, split_file: Path, resume: bool = False, timeout: float | None = None):
     """Run the distributed fit command and return rank 0's FitResult."""
-    from cifar_lit.train import FitResult
+    from cifar_lit.training.train import FitResult
 
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     cfg_file, result_file = out / "fit-config.json", out / "fit-result.json"
     cfg_file.write_text(config.model_dump_json())
     result_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "cifar_lit.distributed", "--config", str(cfg_file), "--split", str(split_file),
+    cmd = [sys.executable, "-m", "cifar_lit.training.distributed", "--config", str(cfg_file), "--split", str(split_file),
            "--result", str(result_file)] + (["--resume"] if resume else [])
     proc = subprocess.run(cmd, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if proc.returncode != 0 or not result_file.is_file():
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
 
-    from cifar_lit import tracking
-    from cifar_lit.train import fit
+    from cifar_lit.run import tracking
+    from cifar_lit.training.train import fit
 
     config = TrainConfig.model_validate_json(args.config.read_text())
     # Lightning gives the ranks it launches LOCAL_RANK (and NODE_RANK on other nodes).

@@ -20,7 +20,7 @@ def source_hash(*objects: ModuleType | type | object) -> str:
     """A short hash of the source of modules, classes or functions: a cache key that changes
     when the code of a stage changes.
 
-    >>> import cifar_lit.provenance as p
+    >>> import cifar_lit.run.provenance as p
     >>> source_hash(p) == source_hash(p) and len(source_hash(p))
     16
     """

@@ -25,10 +25,10 @@ import torch
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.split import Split
 from cifar_lit.data.tensors import split_parts
-from cifar_lit.model_file import LoadedModel, load_model
-from cifar_lit.provenance import code_version, git_commit
-from cifar_lit.registry import ProductionMoved, Registry, Version
-from cifar_lit.summary import decisions
+from cifar_lit.lifecycle.model_file import LoadedModel, load_model
+from cifar_lit.lifecycle.registry import ProductionMoved, Registry, Version
+from cifar_lit.run.provenance import code_version, git_commit
+from cifar_lit.run.summary import decisions
 
 
 @dataclass

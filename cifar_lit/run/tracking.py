@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.redact import public_args
+from cifar_lit.run.redact import public_args
 
 log = logging.getLogger(__name__)
 

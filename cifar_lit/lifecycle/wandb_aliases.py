@@ -10,7 +10,7 @@ and links it into the W&B Registry (``wandb-registry-model/<name>``) with the al
 ``registry-vN``. Only the newest change of each alias matters: an older one it supersedes is
 dropped with it. A change that cannot be applied yet (offline, no API key, the run not uploaded
 by ``wandb sync`` yet, the network down) stays queued and is retried by the next promotion or
-``python -m cifar_lit.registry sync-wandb``.
+``python -m cifar_lit.lifecycle.registry sync-wandb``.
 
 W&B cannot change aliases from an offline run (``link_artifact`` is not implemented offline in
 wandb 0.31), hence this queue beside the registry rather than in the run's own file.
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cifar_lit.atomic import save_atomic
+from cifar_lit.files.atomic import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def write_json_lines(path: Path, entries: list[dict[str, Any]]) -> None:
 
 def can_reach() -> str | None:
     """None when W&B's API may be used from here; else why not (one phrase)."""
-    from cifar_lit.tracking import api_key_available
+    from cifar_lit.run.tracking import api_key_available
 
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if mode in ("offline", "disabled", "dryrun"):
@@ -203,5 +203,5 @@ def describe(result: dict[str, Any] | None) -> str | None:
         return None
     parts = [f"W&B: {alias} -> {path}" for alias, path in result["applied"].items()]
     parts += [f"W&B: {alias} queued in {result.get('queue')} ({why}); apply later with "
-              "python -m cifar_lit.registry sync-wandb" for alias, why in result["waiting"].items()]
+              "python -m cifar_lit.lifecycle.registry sync-wandb" for alias, why in result["waiting"].items()]
     return "; ".join(parts) or None

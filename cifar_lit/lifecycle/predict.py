@@ -1,7 +1,7 @@
 """Classify image files with a trained model: ``predict(model, paths) -> pandas.DataFrame``.
 
-    from cifar_lit.model_file import load_model
-    from cifar_lit.predict import predict
+    from cifar_lit.lifecycle.model_file import load_model
+    from cifar_lit.lifecycle.predict import predict
     model = load_model("runs/registry/cifar10-airnet_s/v1/model.pt")
     df = predict(model, ["photos/"])      # files and folders (searched recursively)
 
@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cifar_lit.atomic import save_atomic
-from cifar_lit.data.imagefolder import load_rgb
-from cifar_lit.model_file import LoadedModel
-from cifar_lit.registry import RegistryError
-from cifar_lit.rundir import OutputDirError, check_writable
+from cifar_lit.data.images import load_rgb
+from cifar_lit.files.atomic import save_atomic
+from cifar_lit.lifecycle.model_file import LoadedModel
+from cifar_lit.lifecycle.registry import RegistryError
+from cifar_lit.run.rundir import OutputDirError, check_writable
 
 TOP_K = 3
 
@@ -104,8 +104,8 @@ def class_counts(df: pd.DataFrame) -> pd.DataFrame:
 def resolve_model(config) -> Path:
     """The model file a ``PredictConfig`` names: ``--model``, or a registry version or alias.
     A missing registry, model, alias or file is one RegistryError/ModelFileError line."""
-    from cifar_lit.model_file import ModelFileError
-    from cifar_lit.registry import Registry
+    from cifar_lit.lifecycle.model_file import ModelFileError
+    from cifar_lit.lifecycle.registry import Registry
 
     if config.model is not None:
         if not config.model.is_file():
@@ -130,7 +130,7 @@ def check_output(out: Path) -> None:
 
 def predict_to_csv(config) -> dict:
     """Resolve the model, classify ``config.input`` and write ``config.output``; return a summary."""
-    from cifar_lit.model_file import load_model
+    from cifar_lit.lifecycle.model_file import load_model
 
     out = Path(config.output)
     check_output(out)  # before any image is classified

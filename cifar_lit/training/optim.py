@@ -1,4 +1,5 @@
-"""Muon for convolution filters, in the one optimizer Lightning's automatic optimisation steps.
+"""Optimizers and schedules: the triangular learning-rate schedule, and Muon for convolution
+filters in the one optimizer Lightning's automatic optimisation steps.
 
 Muon (momentum, then orthogonalise) replaces each filter bank's momentum update by the nearest
 semi-orthogonal matrix: every direction the update spans moves by the same amount, so directions
@@ -91,3 +92,15 @@ class Muon(torch.optim.Optimizer):
                     update = orthogonalize(update.reshape(len(update), -1)).view_as(p)
                 p.add_(update, alpha=-group["lr"])
         return loss
+
+
+def triangular(step: int, total: int, warmup: float, start: float = 0.2) -> float:
+    """Learning-rate factor: linear from ``start`` to 1 over the warm-up, then linear to 0.
+
+    >>> [round(triangular(s, 10, 0.2), 2) for s in (0, 1, 2, 6, 10)]
+    [0.2, 0.6, 1.0, 0.5, 0.0]
+    """
+    peak = max(1, round(warmup * total))
+    if step < peak:
+        return start + (1 - start) * step / peak
+    return max(0.0, (total - step) / max(1, total - peak))

@@ -1,7 +1,7 @@
-"""Export: the tested checkpoint as a self-contained model (``cifar_lit.model_file``) in the run's
+"""Export: the tested checkpoint as a self-contained model (``cifar_lit.lifecycle.model_file``) in the run's
 ``model/`` folder, logged to W&B as a ``model`` artifact with the alias ``latest``.
 
-``production`` is not given here: the promote stage (``cifar_lit.promote``) decides it. Online,
+``production`` is not given here: the promote stage (``cifar_lit.lifecycle.promote``) decides it. Online,
 the run first uses a ``dataset`` artifact (a reference to the data with its fingerprint, not a
 copy), so W&B's lineage graph reads dataset -> run -> model, and the call waits for the upload so
 that a network failure raises where the task can retry. Offline (W&B cannot use artifacts
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.model_file import package, read_model
-from cifar_lit.provenance import code_version, git_commit
+from cifar_lit.lifecycle.model_file import package, read_model
+from cifar_lit.run.provenance import code_version, git_commit
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 
 from cifar_lit.config import TrainConfig
+from cifar_lit.errors import UserError
 
 
-class MachineError(ValueError):
+class MachineError(UserError, ValueError):
     """The config asks for hardware this machine does not have; the message names the flag."""
 
 
-# Forces the probe's precision (cifar_lit.probe) where a recipe leaves it to the machine, so a
+# Forces the probe's precision (cifar_lit.machine.probe) where a recipe leaves it to the machine, so a
 # developer on a float32-only CPU can run the tests as a bf16 machine would (CI runs the fault
 # and lifecycle tests this way), and an operator can rule bf16 out. A precision the user gave
 # still wins.
@@ -53,7 +54,7 @@ def check_machine(config: TrainConfig) -> None:
     if config.num_nodes > 1 and not os.environ.get("MASTER_ADDR"):
         # Without it every rank waits forever for peers that were never started.
         raise MachineError(f"num_nodes: {config.num_nodes} machines need MASTER_ADDR, MASTER_PORT and NODE_RANK "
-                           "set on each node (see the README, Scaling out)")
+                           "set on each node (see docs/deployments.md, Scaling out)")
 
 
 # A training step needs the batch's activations kept for the backward pass: refused when they
@@ -128,7 +129,7 @@ def activation_bytes(net, size: int) -> int:
 def free_memory(config: TrainConfig) -> int | None:
     """Bytes free for this run: the GPU's free memory on a GPU, else the memory Linux reports
     available, within the container's limit (None where neither can be read)."""
-    from cifar_lit.recipes import wants_gpu
+    from cifar_lit.recipes.presets import wants_gpu
 
     if wants_gpu(config.accelerator):
         import torch

@@ -3,7 +3,7 @@ files and a card (``model.json``), and the aliases ``latest`` and ``production``
 
 ::
 
-    <registry>/<name>/v1/model.pt               the self-contained model (cifar_lit.model_file)
+    <registry>/<name>/v1/model.pt               the self-contained model (cifar_lit.lifecycle.model_file)
                         model.torchscript.pt    the same for plain torch
                         split.json              the split it was tested on
                         model.json              the card: metrics, config, data, code, run
@@ -11,12 +11,12 @@ files and a card (``model.json``), and the aliases ``latest`` and ``production``
                      /.lock
 
 Files only, so it works offline, in tests and on a mounted volume. Every change takes the
-model's ``.lock`` (``cifar_lit.locks``: waited for at most ``CIFAR_LIT_LOCK_TIMEOUT`` seconds):
+model's ``.lock`` (``cifar_lit.files.locks``: waited for at most ``CIFAR_LIT_LOCK_TIMEOUT`` seconds):
 a version directory appears by one rename and ``aliases.json`` is replaced by one rename, so
 readers never see half a version and two flows registering at once get different version
 numbers.
 
-The same as a command: ``python -m cifar_lit.registry list|show|set-alias ...``.
+The same as a command: ``python -m cifar_lit.lifecycle.registry list|show|set-alias ...``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cifar_lit.atomic import write_json_atomic
-from cifar_lit.locks import LockTimeoutError, exclusive
+from cifar_lit.errors import UserError
+from cifar_lit.files.atomic import write_json_atomic
+from cifar_lit.files.locks import LockTimeoutError, exclusive
 
 CARD, ALIASES = "model.json", "aliases.json"
 ALIAS_NAMES = ("latest", "production")
@@ -45,7 +46,7 @@ _VERSION = re.compile(r"v([1-9]\d*)")
 _CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """The registry, a model, an alias or a card cannot be used; the message says which."""
 
 
@@ -216,8 +217,8 @@ class Registry:
         write_json_atomic(folder / ALIASES, {**current, **update}, indent=2, sort_keys=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cifar_lit.registry", description="Inspect the model registry.")
+def main(argv: list[str] | None = None, prog: str = "python -m cifar_lit.lifecycle.registry") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Inspect the model registry.")
     parser.add_argument("--registry-dir", type=Path, default=Path("runs/registry"))
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="models, versions and aliases")
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     syncer = sub.add_parser("sync-wandb", help="apply the alias changes queued for W&B (made offline)")
     syncer.add_argument("name", nargs="?", help="one model (default: every model with queued changes)")
     args = parser.parse_args(argv)
-    from cifar_lit import wandb_aliases  # not at the top: it is only for the command
+    from cifar_lit.lifecycle import wandb_aliases  # not at the top: it is only for the command
 
     reg = Registry(args.registry_dir)
     try:
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sync_wandb(reg: Registry, names: list[str]) -> int:
     """Apply every queued W&B alias change; exit 1 while any is still waiting (said why, one line each)."""
-    from cifar_lit import wandb_aliases
+    from cifar_lit.lifecycle import wandb_aliases
 
     waiting = 0
     for name in names:

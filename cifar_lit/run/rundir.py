@@ -1,7 +1,7 @@
 """A run owns its output dir: an exclusive lock while it runs, and no reuse of another run's dir.
 
 Two runs in one output dir would resume, test and export each other's checkpoints. The lock
-(``<output_dir>/.lock``, ``cifar_lit.locks``: released by the kernel when the process dies, even
+(``<output_dir>/.lock``, ``cifar_lit.files.locks``: released by the kernel when the process dies, even
 on SIGKILL) makes the second one fail at once with one line naming the holder; a dir that
 already holds a run's checkpoints or summary is refused unless ``resume`` says to continue that
 run. A run that fails before writing anything leaves neither the lock nor the folder.
@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from cifar_lit.locks import LockTimeoutError, exclusive, holder
+from cifar_lit.errors import UserError
+from cifar_lit.files.locks import LockTimeoutError, exclusive, holder
 
 LOCK = ".lock"
 
 
-class OutputDirError(ValueError):
+class OutputDirError(UserError, ValueError):
     """The output dir belongs to another run (or cannot be written); the message says which."""
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from cifar_lit.model_file import ModelFileError, safe_load
+from cifar_lit.lifecycle.model_file import ModelFileError, safe_load
 
 PREVIOUS_SUFFIX = ".prev.ckpt"
 

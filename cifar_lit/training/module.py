@@ -14,20 +14,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from cifar_lit.model_file import tta_views
-from cifar_lit.optim import Muon
-
-
-def triangular(step: int, total: int, warmup: float, start: float = 0.2) -> float:
-    """Learning-rate factor: linear from ``start`` to 1 over the warm-up, then linear to 0.
-
-    >>> [round(triangular(s, 10, 0.2), 2) for s in (0, 1, 2, 6, 10)]
-    [0.2, 0.6, 1.0, 0.5, 0.0]
-    """
-    peak = max(1, round(warmup * total))
-    if step < peak:
-        return start + (1 - start) * step / peak
-    return max(0.0, (total - step) / max(1, total - peak))
+from cifar_lit.lifecycle.model_file import tta_views
+from cifar_lit.training.budget import TimeBudget
+from cifar_lit.training.optim import Muon, triangular
 
 
 class LitClassifier(L.LightningModule):
@@ -137,9 +126,7 @@ class LitClassifier(L.LightningModule):
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     def configure_optimizers(self):
-        # Under a time budget (cifar_lit.budget.TimeBudget) the total is planned while training.
-        from cifar_lit.budget import TimeBudget  # here: it imports this module's triangular
-
+        # Under a time budget (cifar_lit.training.budget.TimeBudget) the total is planned while training.
         budget = TimeBudget.of(self.trainer)
         if budget is not None:
             optimizer, schedule = self.build_optimizer(budget.schedule.total, budget.schedule)

@@ -21,8 +21,9 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import WandbLogger
 
-from cifar_lit.budget import TimeBudget
 from cifar_lit.config import TrainConfig
+from cifar_lit.errors import UserError
+from cifar_lit.training.budget import TimeBudget
 
 EpochHook = Callable[[int, int, dict[str, float]], None]
 
@@ -88,7 +89,7 @@ class ImagePredictionLogger(Callback):
             lg.log_table(key=f"{prefix}predictions", columns=["image", "label", "prediction", "confidence"], data=rows)
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(UserError, ValueError):
     """Training diverged: the loss is inf or NaN. Not retried, never exported."""
 
 
@@ -106,7 +107,7 @@ class FiniteLossCheck(Callback):
             )
 
 
-class ServiceLostError(RuntimeError):
+class ServiceLostError(UserError, RuntimeError):
     """A service the run reports to (the orchestrator's API) stopped answering for good."""
 
 

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cifar_lit.atomic import write_json_atomic
-from cifar_lit.machine import forced_precision
-from cifar_lit.recipes import PROBE, RECIPES, wants_gpu
+from cifar_lit.files.atomic import write_json_atomic
+from cifar_lit.machine.checks import forced_precision
+from cifar_lit.recipes.presets import PROBE, RECIPES, wants_gpu
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def measure(config, num_classes: int, device: str) -> tuple[dict[Choice, float],
     of ``ROUNDS`` interleaved rounds), and the largest disagreement between one candidate's
     rounds, as a fraction of the faster."""
     from cifar_lit.models import build_model
-    from cifar_lit.module import LitClassifier
+    from cifar_lit.training.module import LitClassifier
 
     size = config.image_size or 32
     generator = torch.Generator().manual_seed(0)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from cifar_lit.atomic import write_json_atomic
+from cifar_lit.errors import UserError
+from cifar_lit.files.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,11 @@ TIMEOUT_ENV = "CIFAR_LIT_LOCK_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
 
 
-class LockTimeoutError(TimeoutError):
+class LockTimeoutError(UserError, TimeoutError):
     """Another process held a lock for longer than the time limit; the message names it."""
 
 
-class SettingError(ValueError):
+class SettingError(UserError, ValueError):
     """An environment variable of this project holds a value it cannot use; the message names it."""
 
 

@@ -12,7 +12,7 @@
 
       net = torch.jit.load("model.torchscript.pt")   # float images in [0, 1], N x 3 x S x S
       probs = net(images).softmax(1)                  # classes: net.classes (a list of str)
-      S = net.image_size                              # prepare images as cifar_lit.predict does
+      S = net.image_size                              # prepare images as cifar_lit.lifecycle.predict does
 
 Every load goes through ``torch.load(weights_only=True)``: a crafted file cannot run code, and a
 corrupt or foreign file is one ``ModelFileError`` line naming the file.
@@ -31,11 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifar_lit.errors import UserError
+
 FORMAT = "cifar_lit.model/1"
 MODEL_FILE, TORCHSCRIPT_FILE = "model.pt", "model.torchscript.pt"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError, ValueError):
     """A model or checkpoint file that cannot be used; the message names the file."""
 
 

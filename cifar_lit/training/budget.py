@@ -28,14 +28,14 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from torch.optim.lr_scheduler import LambdaLR
 
-from cifar_lit.module import triangular
+from cifar_lit.training.optim import triangular
 
 
 class BudgetSchedule:
     """The learning-rate factor of each step (``LambdaLR``'s function) for a total that may
     change while training.
 
-    Triangular (``cifar_lit.module.triangular``: a warm-up, then a linear decay to 0 at
+    Triangular (``cifar_lit.training.optim.triangular``: a warm-up, then a linear decay to 0 at
     ``total``) until the first change after the warm-up; from then on a linear decay from the
     factor reached at the step of the latest change to 0 at the new total. ``constant``: 1 at
     every step (only the length follows the budget).

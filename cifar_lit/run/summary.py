@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cifar_lit.atomic import write_json_atomic
 from cifar_lit.config import TrainConfig
-from cifar_lit.provenance import code_version, git_commit
-from cifar_lit.quality import small_test_split
+from cifar_lit.files.atomic import write_json_atomic
+from cifar_lit.run.provenance import code_version, git_commit
+from cifar_lit.training.quality import small_test_split
 
 
 def build_summary(
@@ -47,9 +47,9 @@ def build_summary(
         "data": data,
         # The recipe, and the batch size and epochs it chose for a small dataset (cifar_lit.recipes).
         "recipe": recipe,
-        # Under --time-budget: what the budget chose (steps, epochs, measured speed; cifar_lit.budget).
+        # Under --time-budget: what the budget chose (steps, epochs, measured speed; cifar_lit.training.budget).
         "budget": fit.get("budget"),
-        # What the recipe left to the machine, as timed on it (cifar_lit.probe).
+        # What the recipe left to the machine, as timed on it (cifar_lit.machine.probe).
         "probe": fit.get("probe"),
         # What two runs of the same command may decide differently, in one place.
         "decisions": decisions(config, fit),

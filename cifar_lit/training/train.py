@@ -2,7 +2,7 @@
 
 Prefect tasks wrap them one to one; they also run on their own (no Prefect, W&B optional):
 
-    from cifar_lit.train import evaluate, fit
+    from cifar_lit.training.train import evaluate, fit
     cfg = TrainConfig(output_dir="runs/try").with_output_dir()
     result = fit(cfg, split_file)   # split_file from cifar_lit.data.split.make_split
 """
@@ -19,21 +19,22 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cifar_lit import probe
-from cifar_lit.budget import TimeBudget
-from cifar_lit.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
-from cifar_lit.checkpointing import AtomicCheckpointIO, readable_checkpoint
-from cifar_lit.config import NOT_EFFECTIVE, TORCHVISION_NETS, TrainConfig
+from cifar_lit.config import NOT_EFFECTIVE, TrainConfig
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.split import Split
-from cifar_lit.machine import check_training_step
-from cifar_lit.model_file import ModelFileError, from_checkpoint, safe_load
+from cifar_lit.lifecycle.model_file import ModelFileError, from_checkpoint, safe_load
+from cifar_lit.machine import probe
+from cifar_lit.machine.checks import check_training_step
 from cifar_lit.models import CATALOGUE, build_model, check_input_size
-from cifar_lit.module import HeadFirst, LitClassifier
-from cifar_lit.quality import collapse_warnings
-from cifar_lit.recipes import RECIPES, DataSize, resolve
-from cifar_lit.rundir import OutputDirError
-from cifar_lit.tracking import log_test_results, make_loggers, per_class_table, update_config
+from cifar_lit.recipes.plan import DataSize, resolve
+from cifar_lit.recipes.presets import RECIPES, TORCHVISION_NETS
+from cifar_lit.run.rundir import OutputDirError
+from cifar_lit.run.tracking import log_test_results, make_loggers, per_class_table, update_config
+from cifar_lit.training.budget import TimeBudget
+from cifar_lit.training.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
+from cifar_lit.training.checkpointing import AtomicCheckpointIO, readable_checkpoint
+from cifar_lit.training.module import HeadFirst, LitClassifier
+from cifar_lit.training.quality import collapse_warnings
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,9 @@ class FitResult:
     epochs_this_run: int
     fit_seconds: float  # wall time of trainer.fit in this attempt
     resumed_from: str | None = None
-    # Under --time-budget: what the budget chose (cifar_lit.budget.TimeBudget.report).
+    # Under --time-budget: what the budget chose (cifar_lit.training.budget.TimeBudget.report).
     budget: dict | None = None
-    # What the machine probe chose and measured (cifar_lit.probe), when the recipe asked for it.
+    # What the machine probe chose and measured (cifar_lit.machine.probe), when the recipe asked for it.
     probe: dict | None = None
 
     def to_dict(self) -> dict:
@@ -64,7 +65,7 @@ class EvalResult:
     classes: list[str] = field(default_factory=list)
     test_seconds: float = 0.0  # wall time of trainer.test
     # A model that collapsed (one class for nearly every image, or no better than always
-    # guessing the largest class), one readable line per problem; see cifar_lit.quality.
+    # guessing the largest class), one readable line per problem; see cifar_lit.training.quality.
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -125,7 +126,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     for line in check_training_step(config, len(split.classes), len(split.train), split.median_side):
         log.warning("%s", line)
     # What the recipe leaves to the machine (memory format, precision, threads): timed here
-    # once, then cached (cifar_lit.probe). Before resume_point: the checkpoint records the choice.
+    # once, then cached (cifar_lit.machine.probe). Before resume_point: the checkpoint records the choice.
     # Timed on a batch no larger than the data (a batch of --batch-size 100000 random images was
     # a kill for memory on 27 photos).
     timed = config.model_copy(update={"batch_size": min(config.batch_size, len(split.train))})
@@ -150,7 +151,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     callbacks = [*build_callbacks(config, ckpt_dir, samples, dm.classes, dm.denormalize, on_epoch, validate), start,
                  *extra_callbacks]
     # Head-first fine-tuning (--head-epochs: epochs that train the head alone, the transfer
-    # recipe's 1): see cifar_lit.module.HeadFirst.
+    # recipe's 1): see cifar_lit.training.module.HeadFirst.
     if config.head_epochs:
         callbacks.append(HeadFirst(config.head_epochs))
     steps = max(1, dm.num_images("train") // config.batch_size)
@@ -315,7 +316,7 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     # A pretrained model's inputs are normalised as its checkpoint records (its weights' own
     # statistics), not by the data module's default.
     # Tested at the image size it was trained at, and with the machine's choices
-    # (cifar_lit.probe) the fit made, as its checkpoint records them.
+    # (cifar_lit.machine.probe) the fit made, as its checkpoint records them.
     config = config.model_copy(update={name: model.hparams.config.get(name) for name in probe.wants_probe(config)})
     sized = config.model_copy(update={"image_size": model.hparams.image_size})
     dm = ImageDataModule.from_config(sized, split_file,
