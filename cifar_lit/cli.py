@@ -7,9 +7,11 @@ A bad value exits with code 2 and one line naming the flag, e.g.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
@@ -79,6 +81,10 @@ def build_parser(prog: str | None = None, model: type[BaseModel] = TrainConfig, 
         epilog=EXAMPLES if train else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    if train:
+        parser.add_argument("--config", metavar="PATH", dest="config_file",
+                            help="start from a config a run wrote (<output_dir>/config.json: replays that run, in a new "
+                            "output dir); flags given with it win")
     groups = FLAG_GROUPS if train else {"options": tuple(model.model_fields)}
     for title, names in groups.items():
         section = parser.add_argument_group(title) if train else parser
@@ -113,6 +119,8 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, mod
     parser = build_parser(prog, model, (model.__doc__ or "").strip().splitlines()[0] if model is not TrainConfig else None)
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
+    if "config_file" in given:
+        given = {**replay_base(given.pop("config_file"), parser), **given}
     try:
         config = model(**given)
     except ValidationError as e:
@@ -128,6 +136,18 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, mod
         if config.dataset == "imagefolder" and not (config.data_dir / "train").is_dir():
             parser.error(f"--data-dir: {config.data_dir} has no train/ folder (expected DIR/train/<class>/*)")
     return config
+
+
+def replay_base(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The fields of a config file a run wrote, for a new run: its output dir, ``--resume`` and
+    ``--force`` are the old run's, not the replay's."""
+    try:
+        fields = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        parser.error(f"--config: {path}: {getattr(e, 'strerror', None) or e}")
+    if not isinstance(fields, dict):
+        parser.error(f"--config: {path}: not a config (a JSON object of flags, as a run's config.json)")
+    return {k: v for k, v in fields.items() if k not in ("output_dir", "resume", "force") and v is not None}
 
 
 def fail(prog: str, message: str) -> typing.NoReturn:

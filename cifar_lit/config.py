@@ -63,7 +63,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
              "val_dir", "test_dir", "min_per_class", "image_size", "cache_max_gb"),
     "model": ("recipe", "model", "pretrained", "weights_file", "head_epochs", "tta"),
     "optimisation": ("batch_size", "max_epochs", "lr", "lr_batch", "optimizer", "muon_lr", "weight_decay", "patience",
-                     "label_smoothing", "lr_schedule", "warmup", "time_budget", "max_time"),
+                     "label_smoothing", "lr_schedule", "warmup", "time_budget", "max_time", "budget_plan"),
     "hardware": ("precision", "accelerator", "devices", "strategy", "num_nodes", "node_timeout", "num_workers",
                  "data_path", "channels_last", "compile", "deterministic", "reprobe"),
     "tracking": ("prediction_samples", "wandb_mode", "wandb_project", "wandb_entity"),
@@ -161,6 +161,11 @@ class TrainConfig(BaseModel):
         f"{BUDGET_EPOCHS}x the recipe's epochs (the auto recipe's default)",
     )
     max_time: str | None = Field(None, description="stop fitting after DD:HH:MM:SS (Lightning's max_time)")
+    # What a budgeted run planned, written to its config.json: a replay follows it step for step
+    # instead of timing the machine again (cifar_lit.training.budget.ReplayedBudget).
+    budget_plan: list[tuple[int, int]] | None = Field(
+        None, description="replay a time budget's plan instead of timing: STEP:TOTAL changes of the planned total "
+        "steps, as a run's config.json records them")
     # hardware
     precision: Precision | None = Field(None, description="Lightning precision, e.g. 32-true or bf16-mixed")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator")
@@ -236,6 +241,14 @@ class TrainConfig(BaseModel):
             raise ValueError(f"must be -1 (all) or a positive count, got {v}")
         return v
 
+    @field_validator("budget_plan", mode="before")
+    @classmethod
+    def _plan_pairs(cls, value: Any) -> Any:
+        """``STEP:TOTAL`` strings (the flag's form) as pairs; pairs (config.json's) as they are."""
+        if isinstance(value, list | tuple):
+            return [tuple(int(x) for x in v.split(":")) if isinstance(v, str) else v for v in value]
+        return value
+
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
@@ -300,7 +313,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"val_size: {self.val_size} must be smaller than the {CIFAR_TRAIN_SIZE} training images")
         if self.resume and self.output_dir is None:
             raise ValueError("resume: name the run to continue with --output-dir")
-        if self.deterministic and (self.time_budget not in (None, "auto") or self.max_time is not None):
+        if self.budget_plan is not None and not self.time_budget:
+            raise ValueError("budget_plan: replays a time budget's plan; give the --time-budget it was made for too")
+        if self.budget_plan is not None and (not self.budget_plan or self.budget_plan[0][0] != 0
+                                             or any(t < 1 or s < 0 for s, t in self.budget_plan)):
+            raise ValueError("budget_plan: starts with 0:TOTAL, then STEP:TOTAL changes (steps from 0, totals from 1)")
+        if self.deterministic and self.budget_plan is None and (
+                self.time_budget not in (None, "auto") or self.max_time is not None):
             flag = "--time-budget" if self.time_budget not in (None, "auto") else "--max-time"
             raise ValueError(f"deterministic: {flag} ends the fit by the clock, which no two runs share; "
                              "give --max-epochs instead")

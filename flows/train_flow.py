@@ -39,6 +39,7 @@ from prefect.states import Failed
 from cifar_lit.config import TrainConfig
 from cifar_lit.data.formats import on_disk
 from cifar_lit.data.split import Split, data_counts, split_file_path, stage_split
+from cifar_lit.files.atomic import write_json_atomic
 from cifar_lit.lifecycle.export import model_dir
 from cifar_lit.lifecycle.model_file import MODEL_FILE, TORCHSCRIPT_FILE
 from cifar_lit.lifecycle.promote import card, unchanged
@@ -47,6 +48,7 @@ from cifar_lit.recipes.plan import DataSize, plan, recipe_summary, resolve
 from cifar_lit.run import tracking
 from cifar_lit.run.rundir import OutputDirError, check_writable, own_output_dir
 from cifar_lit.run.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
+from cifar_lit.training.train import replayable
 from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
 
 
@@ -97,6 +99,7 @@ def _train(config: TrainConfig) -> dict:
     # and more epochs than CIFAR's 50,000 images (what the user gave is kept).
     recipe = plan(config, data=DataSize.of_split(Split.read(staged)))
     config = recipe.config
+    write_json_atomic(out / "config.json", config.as_dict(), indent=2)  # as resolved; the fit's decisions follow
     for note in (recipe.budget_note(), recipe.describe()):
         if note:
             logger.info("%s", note)
@@ -116,11 +119,13 @@ def _train(config: TrainConfig) -> dict:
     tracking.start_run(config, name=out.name)
     try:
         fitted = fit_model(config, staged, progress)
+        # What replays this run: --config runs/<run>/config.json
+        write_json_atomic(out / "config.json", replayable(config, fitted).as_dict(), indent=2)
         tested = evaluate_model(config, staged, Path(fitted["best_checkpoint"]))
         data = data_counts(Split.read(staged), tested["classes"], ref.skipped_reasons)
         if data["test"] is None:  # CIFAR's test batch is not in the split: count what was tested
             data["test"] = sum(map(sum, tested["confusion"]))
-        parts = dict(config=config, fit=fitted, test=tested, data_fingerprint=fingerprint, data=data,
+        parts = dict(config=replayable(config, fitted), fit=fitted, test=tested, data_fingerprint=fingerprint, data=data,
                      recipe=recipe_summary(recipe))
         # Written before anything talks to W&B or the registry: a later failure loses nothing.
         write_summary(out / "summary.json", build_summary(**parts, wandb=tracking.run_info()))

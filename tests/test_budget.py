@@ -264,3 +264,37 @@ def test_a_resumed_fit_spends_what_is_left_of_the_budget(make_config, monkeypatc
     # schedule, restored from the checkpoint, still ends at 0 on the last step.
     assert resumed.fit_seconds < 8 - state["spent"] + 2
     assert last["global_step"] == resumed.budget["steps"] > 10 and last["lr_schedulers"][0]["_last_lr"] == [0.0, 0.0]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_budgeted_runs_config_json_replays_it_step_for_step(make_config, tmp_path, monkeypatch):
+    """The run writes what it decided (precision, memory format, the budget's plan) into
+    config.json; --config runs exactly that: the same steps and the same held-out accuracy, with
+    no clock involved. The replay is slowed on purpose: a budget timed again would plan fewer
+    steps, the plan does not."""
+    import json
+
+    from cifar_lit.cli import parse_config
+    from cifar_lit.training.callbacks import EpochHookCallback
+    from flows.train_flow import train_flow
+
+    cfg = make_config(time_budget=4, max_epochs=None, lr_schedule="triangular", warmup=0.2, prediction_samples=0,
+                      wandb_mode="disabled", output_dir=tmp_path / "first")
+    first = train_flow(cfg)
+    written = json.loads((tmp_path / "first" / "config.json").read_text())
+    plans = first["budget"]["plans"]
+    assert written["budget_plan"] == plans and plans[0][0] == 0 and len(plans) >= 2  # planned from the clock
+    assert written["precision"] is not None and written["channels_last"] is not None  # as trained, not null
+    assert written["batch_size"] is not None and written["time_budget"] == 4
+    assert first["config"]["precision"] == written["precision"]  # the summary records what ran too
+
+    replay = parse_config(["--config", str(tmp_path / "first" / "config.json"), "--output-dir", str(tmp_path / "again")])
+    assert replay.budget_plan == [tuple(p) for p in plans] and replay.output_dir == tmp_path / "again"
+
+    def slow(self, trainer, pl_module, *args):  # every step 50 ms slower than the first run's
+        time.sleep(0.05)
+
+    monkeypatch.setattr(EpochHookCallback, "on_train_batch_end", slow, raising=False)
+    again = train_flow(replay)
+    assert again["budget"]["replayed"] and again["budget"]["steps"] == first["budget"]["steps"] == plans[-1][1]
+    assert again["test_acc"] == first["test_acc"] and again["test_loss"] == pytest.approx(first["test_loss"], abs=1e-6)

@@ -76,7 +76,9 @@ def card(config: TrainConfig, tested: dict, fingerprint: str, run_name: str, fit
         "per_class": tested["per_class"],
         "classes": tested["classes"],
         "model": config.model,
-        "config": config.as_dict(),
+        # As trained: precision, memory format and the budget's plan included (what config.json
+        # replays). The effective config stays the one asked for: the nightly skip compares it.
+        "config": config.model_copy(update=(fitted or {}).get("decided") or {}).as_dict(),
         "effective_config": config.effective(),
         "data_fingerprint": fingerprint,
         "code_version": code_version(),

@@ -153,6 +153,9 @@ def budget_line(budget: dict[str, Any] | None) -> str | None:
     """
     if not budget:
         return None
+    if budget.get("replayed"):
+        return (f"**Time budget**: {budget['seconds']:g} s, replayed from its recorded plan (no clock): "
+                f"{budget['steps']} steps ({budget['epochs']} epochs)")
     cap = f", at most {budget['max_steps']} steps" if budget.get("max_steps") else ""
     speed = f" at {budget['images_per_second']:.0f} images/s measured" if budget.get("images_per_second") else ""
     ended = "; the cap ended it" if budget.get("ended_by") == "epochs" else ""

@@ -56,6 +56,8 @@ class BudgetSchedule:
         self.warmup = warmup
         self.constant = constant
         self.anchor: tuple[int, float] | None = None  # (step, factor) of the latest change
+        # Every total it had, as (from step, total): what a replay follows (ReplayedBudget).
+        self.plans: list[tuple[int, int]] = [(0, self.total)]
 
     def peak(self) -> int:
         return max(1, round(self.warmup * self.total))
@@ -77,6 +79,8 @@ class BudgetSchedule:
         if not self.constant and (self.anchor is not None or step >= self.peak()):
             self.anchor = (step, self(step))
         self.total = total
+        # setdefault: a schedule restored from a checkpoint of an older version has no plans.
+        self.__dict__.setdefault("plans", []).append((step, total))
 
 
 class TimeBudget(Callback):
@@ -250,6 +254,7 @@ class TimeBudget(Callback):
             "step_seconds": round(step_s, 4) if step_s else None,
             "images_per_second": round(self.batch_size / step_s, 1) if step_s and self.batch_size else None,
             "epoch_end_seconds": round(sum(self.epoch_end) / len(self.epoch_end), 3) if self.epoch_end else None,
+            "plans": [list(p) for p in self.schedule.__dict__.get("plans", [])],  # what a replay follows
         }
 
     # ---- resume ---------------------------------------------------------------------------
@@ -261,3 +266,42 @@ class TimeBudget(Callback):
         self.spent = float(state.get("spent", 0.0))
         self.first_plan = state.get("first_plan")
         self.replans = int(state.get("replans", 0))
+
+
+class ReplayedBudget(TimeBudget):
+    """A time budget's recorded plan, replayed without a clock: the schedule starts at the first
+    total and changes to each recorded total at the step it changed then (``plans``: (step,
+    total) pairs, as ``BudgetSchedule.plans`` recorded them), and the fit stops at the last one.
+    The same steps and the same learning rate at each, so on the same machine the same model:
+    what ``config.json``'s ``budget_plan`` replays (a budget timed again would plan anew)."""
+
+    def __init__(self, plans: list[tuple[int, int]], warmup: float = 0.0, constant: bool = False,
+                 batch_size: int | None = None, seconds: float = 0.0) -> None:
+        (first_step, first_total), *changes = [(int(s), int(t)) for s, t in plans]
+        super().__init__(seconds or float("inf"), first_total, warmup=warmup, constant=constant, batch_size=batch_size)
+        self.changes = changes
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        for at, total in self.changes:
+            if at == step:
+                self.schedule.replan(step, total)
+        if step >= self.schedule.total:
+            trainer.should_stop = True
+            self._final_rate(trainer, step)
+
+    def left(self) -> float:
+        return float("inf")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # the plan is in the config; the schedule's own state is in the checkpoint
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def report(self, trainer=None) -> dict[str, Any]:
+        steps = trainer.global_step if trainer is not None else self.schedule.total
+        per_epoch = max(1, trainer.num_training_batches) if trainer is not None else None
+        return {"seconds": self.seconds, "replayed": True, "steps": steps,
+                "epochs": round(steps / per_epoch, 2) if per_epoch else None, "plans": self.schedule.plans}
+

@@ -30,7 +30,7 @@ from cifar_lit.recipes.plan import DataSize, resolve
 from cifar_lit.recipes.presets import RECIPES, TORCHVISION_NETS
 from cifar_lit.run.rundir import OutputDirError
 from cifar_lit.run.tracking import log_test_results, make_loggers, per_class_table, update_config
-from cifar_lit.training.budget import TimeBudget
+from cifar_lit.training.budget import ReplayedBudget, TimeBudget
 from cifar_lit.training.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
 from cifar_lit.training.checkpointing import AtomicCheckpointIO, readable_checkpoint
 from cifar_lit.training.module import HeadFirst, LitClassifier
@@ -52,6 +52,9 @@ class FitResult:
     budget: dict | None = None
     # What the machine probe chose and measured (cifar_lit.machine.probe), when the recipe asked for it.
     probe: dict | None = None
+    # What this fit decided that the config left open (precision, memory format, the budget's
+    # plan): with these, the config replays the fit (cifar_lit.training.train.replayable).
+    decided: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -186,7 +189,15 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
         resumed_from=ckpt_path,
         budget=budget.report(trainer) if budget is not None else None,
         probe=probed.to_dict() if probed is not None else None,
+        decided={**{name: getattr(config, name) for name in probe.PROBED_FIELDS},
+                 **({"budget_plan": budget.schedule.plans} if budget is not None else {})},
     )
+
+
+def replayable(config: TrainConfig, fitted: dict) -> TrainConfig:
+    """The config that replays a fit: ``config`` (resolved for the data) with what the fit
+    decided itself (``FitResult.decided``), for ``<output_dir>/config.json``."""
+    return config.model_copy(update=fitted.get("decided") or {})
 
 
 def time_budget(config: TrainConfig, steps_per_epoch: int, spent: float = 0.0) -> TimeBudget | None:
@@ -196,6 +207,9 @@ def time_budget(config: TrainConfig, steps_per_epoch: int, spent: float = 0.0) -
     already used (the machine probe's)."""
     if config.time_budget is None:
         return None
+    if config.budget_plan is not None:  # a replay: the plan the budget made then, without a clock
+        return ReplayedBudget(config.budget_plan, warmup=config.warmup or 0.0, constant=config.lr_schedule == "constant",
+                              batch_size=config.batch_size, seconds=float(config.time_budget))
     most = config.max_epochs * steps_per_epoch if config.max_epochs else None
     guess = RECIPES[config.recipe]["max_epochs"] * steps_per_epoch
     return TimeBudget(config.time_budget, min(guess, most or guess), warmup=config.warmup or 0.0,
