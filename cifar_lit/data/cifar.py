@@ -57,6 +57,7 @@ from torchvision.datasets.utils import calculate_md5
 
 from cifar_lit.data.common import DataError
 from cifar_lit.errors import UserError
+from cifar_lit.files.atomic import save_atomic
 from cifar_lit.files.locks import env_seconds, exclusive
 from cifar_lit.run.redact import public_url  # noqa: F401 - part of this module's interface
 
@@ -215,7 +216,7 @@ def _clear_leftovers(root: Path, filename: str, folder: Path) -> None:
     for stale in root.glob(".extract-*"):
         shutil.rmtree(stale, ignore_errors=True)
     if folder.is_dir():
-        for stale in folder.glob(f"{glob.escape(MARKER)}.*.tmp"):
+        for stale in folder.glob(f".{glob.escape(MARKER)}.*.tmp"):
             stale.unlink(missing_ok=True)
 
 
@@ -268,13 +269,7 @@ def _write_marker(folder: Path, md5: str) -> None:
     """Write ``folder``'s marker through a temporary file and a rename: a crash never leaves a
     marker that says less than the whole md5. (A name of its own rather than mkstemp, so that the
     marker gets the umask's permissions, readable by whoever shares the data dir.)"""
-    tmp = folder / f"{MARKER}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "x") as f:
-            f.write(md5 + "\n")
-        os.replace(tmp, folder / MARKER)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_atomic(folder / MARKER, lambda tmp: tmp.write_text(md5 + "\n"))
 
 
 def _advice(filename: str, root: Path) -> str:

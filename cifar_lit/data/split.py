@@ -23,7 +23,7 @@ import torch
 from cifar_lit.data.common import DataError
 from cifar_lit.data.formats import DataRef, get_format
 from cifar_lit.data.prepare import cache_dir
-from cifar_lit.files.atomic import write_json_atomic
+from cifar_lit.files.atomic import save_atomic, write_json_atomic
 
 REQUIRED = frozenset({"version", "dataset", "train", "val", "test", "classes", "samples"})
 
@@ -215,8 +215,4 @@ def stage_split(split_file: Path, output_dir: Path) -> Path:
         if dest.read_bytes() != Path(split_file).read_bytes():
             raise DataError(f"{dest}: holds a different split; use a new --output-dir")
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(".split.json.tmp")
-    shutil.copyfile(split_file, tmp)
-    tmp.replace(dest)
-    return dest
+    return save_atomic(dest, lambda tmp: shutil.copyfile(split_file, tmp))

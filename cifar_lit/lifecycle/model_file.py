@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifar_lit.errors import UserError
+from cifar_lit.files.atomic import save_atomic
 
 FORMAT = "cifar_lit.model/1"
 MODEL_FILE, TORCHSCRIPT_FILE = "model.pt", "model.torchscript.pt"
@@ -179,17 +180,15 @@ def package(checkpoint: Path, dest: Path) -> dict[str, Path]:
     doc = from_checkpoint(safe_load(checkpoint, "checkpoint"), checkpoint)
     dest.mkdir(parents=True, exist_ok=True)
     files = {"model": dest / MODEL_FILE, "torchscript": dest / TORCHSCRIPT_FILE}
-    _save_atomic(doc, files["model"])
+    save_atomic(files["model"], lambda tmp: torch.save(doc, tmp))
     module = build_inference(doc, checkpoint)
-    tmp = files["torchscript"].with_name(f".{TORCHSCRIPT_FILE}.tmp")
     with warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export, but it is still the one format
         # plain torch loads as a module with its class names attached, on every torch >= 2.6.
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(module)
         _check_scripted(scripted, module, int(doc["image_size"]), checkpoint)
-        torch.jit.save(scripted, str(tmp))
-    tmp.replace(files["torchscript"])
+        save_atomic(files["torchscript"], lambda tmp: torch.jit.save(scripted, str(tmp)))
     return files
 
 
@@ -205,9 +204,3 @@ def _check_scripted(scripted, module: InferenceModel, size: int, path: Path) -> 
         raise ModelFileError(f"{path}: the exported model fails on {size}x{size} images ({_first_line(e)})") from None
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
         raise ModelFileError(f"{path}: the TorchScript model's outputs differ from the network's at {size}x{size}")
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)

@@ -30,24 +30,25 @@ log = logging.getLogger(__name__)
 
 def api_key_available() -> bool:
     """True when W&B would find credentials for its server: ``WANDB_API_KEY``, an identity
-    token file, or a key that ``wandb login`` stored in the netrc file, looked up the way wandb
-    itself does (for its configured base URL, which is not api.wandb.ai in wandb >= 0.31)."""
+    token file, or a key that ``wandb login`` stored in the netrc file (``NETRC``, else
+    ``~/.netrc`` or ``~/_netrc``) for its configured base URL, which is not api.wandb.ai in
+    wandb >= 0.31. Read with the standard library: wandb's own reader is in a private module."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     import wandb
 
-    host = wandb.Settings().base_url
-    try:
-        from wandb.sdk.lib.wbauth import read_netrc_auth  # wandb >= 0.31
-    except ImportError:  # older wandb: its netrc entry is keyed by the base URL's host name
-        try:
-            return netrc.netrc().authenticators(urlparse(host).hostname) is not None
-        except (OSError, netrc.NetrcParseError):
-            return False
-    try:
-        return read_netrc_auth(host=host) is not None
-    except Exception:  # noqa: BLE001 - a malformed entry: W&B could not log in either
+    url = urlparse(wandb.Settings().base_url)
+    path = os.environ.get("NETRC") or next(
+        (p for p in (os.path.expanduser("~/.netrc"), os.path.expanduser("~/_netrc")) if os.path.exists(p)), None)
+    if path is None:
         return False
+    try:
+        entries = netrc.netrc(os.path.expanduser(path))
+    except (OSError, netrc.NetrcParseError):  # missing or malformed: W&B could not log in either
+        return False
+    # wandb >= 0.31 keys the entry by the URL's host and port, older versions by the host name.
+    creds = entries.authenticators(url.netloc) or entries.authenticators(url.hostname or "")
+    return bool(creds and creds[2])
 
 
 # An online start that cannot reach the server falls back to offline after this many seconds

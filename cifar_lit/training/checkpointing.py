@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from cifar_lit.files.atomic import save_atomic
 from cifar_lit.lifecycle.model_file import ModelFileError, safe_load
 
 PREVIOUS_SUFFIX = ".prev.ckpt"
@@ -28,21 +29,15 @@ def previous(path: Path) -> Path:
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
+
+        def keep_previous() -> None:  # the last good last.ckpt stays as last.prev.ckpt (a hard link)
             if path.name.startswith("last") and path.is_file():
                 prev = previous(path)
                 prev.unlink(missing_ok=True)
                 os.link(path, prev)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a failed save (disk full) leaves the old files as they were
-            raise
+
+        # A failed save (disk full) leaves the old files as they were.
+        save_atomic(path, lambda tmp: torch.save(checkpoint, tmp), before_replace=keep_previous)
 
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)

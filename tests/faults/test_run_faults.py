@@ -115,8 +115,8 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
 
-    def disk_full(obj, f, *args, **kwargs):
-        f.write(b"partial")
+    def disk_full(obj, f, *args, **kwargs):  # half a file written, then the disk is full
+        Path(f).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
