@@ -19,7 +19,7 @@ import time
 import fakes
 import pytest
 
-from cifar_lit.data import cifar
+from cifar_lit.data import cifar, download
 from cifar_lit.data.cifar import ChecksumError, download_cifar, load_cifar
 from cifar_lit.data.prepare import prepare_data
 from tasks.download import is_transient
@@ -61,14 +61,14 @@ def test_stalled_mirror_times_out_and_the_retry_succeeds(tmp_path, server, archi
 
 def test_download_timeout_default_and_override(monkeypatch):
     monkeypatch.delenv("CIFAR_LIT_DOWNLOAD_TIMEOUT", raising=False)
-    assert cifar.download_timeout() == cifar.DEFAULT_TIMEOUT == 30
+    assert download.download_timeout() == download.DEFAULT_TIMEOUT == 30
     monkeypatch.setenv("CIFAR_LIT_DOWNLOAD_TIMEOUT", "2.5")
-    assert cifar.download_timeout() == 2.5
+    assert download.download_timeout() == 2.5
     for bad in ("soon", "0", "inf"):  # one line naming the variable and the value, as every setting's
         monkeypatch.setenv("CIFAR_LIT_DOWNLOAD_TIMEOUT", bad)
         message = rf"^CIFAR_LIT_DOWNLOAD_TIMEOUT: '{bad}' is not a number of seconds \(more than 0\)$"
         with pytest.raises(ValueError, match=message):
-            cifar.download_timeout()
+            download.download_timeout()
 
 
 # ---- 2. a body shorter than its Content-Length ---------------------------------------------------
@@ -102,7 +102,7 @@ def test_retry_after_is_waited_for_then_retried(tmp_path, server, archives, stat
 
 
 def test_retry_after_is_capped(tmp_path, server, archives, monkeypatch):
-    monkeypatch.setattr(cifar, "RETRY_AFTER_MAX", 1.0, raising=False)
+    monkeypatch.setattr(download, "RETRY_AFTER_MAX", 1.0, raising=False)
     url, md5 = server.url("/cifar10.tar.gz"), fakes.md5(archives["cifar10"])
     server.faults = [fakes.Fault(status=503, headers={"Retry-After": "3600"})]
     start = time.monotonic()
@@ -223,7 +223,7 @@ def test_every_download_failure_is_one_line_with_the_ways_out(tmp_path, server, 
     if fault == "404":
         url = server.url("/missing.tar.gz")
     elif fault == "503":  # still busy after the Retry-After waits (one here instead of 3)
-        monkeypatch.setattr(cifar, "RETRY_AFTER_WAITS", 1)
+        monkeypatch.setattr(download, "RETRY_AFTER_WAITS", 1)
         server.faults = [fakes.Fault(status=503, headers={"Retry-After": "0"}) for _ in range(5)]
     elif fault == "refused":
         url = fakes.refused_url("/cifar10.tar.gz")
