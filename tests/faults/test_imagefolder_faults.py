@@ -35,9 +35,10 @@ from PIL import Image
 
 from cifar_lit.data.common import DataError
 from cifar_lit.data.formats import on_disk
-from cifar_lit.data.imagefolder import scan_imagefolder, stat_signature
+from cifar_lit.data.imagefolder import scan_imagefolder
 from cifar_lit.data.images import load_rgb32
 from cifar_lit.data.prepare import cache_dir, prepare_data
+from cifar_lit.data.signature import stat_signature
 from cifar_lit.data.split import Split, make_split
 from cifar_lit.data.tensors import load_tensors, tensor_cache_path
 from cifar_lit.run.rundir import own_output_dir

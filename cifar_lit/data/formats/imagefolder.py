@@ -17,10 +17,11 @@ import torch
 
 from cifar_lit.data.common import DataError
 from cifar_lit.data.formats import DataFormat, DataRef, Source, register
-from cifar_lit.data.imagefolder import SCAN_FORMAT, scan_imagefolder, stat_signature
+from cifar_lit.data.imagefolder import SCAN_FORMAT, scan_imagefolder
 from cifar_lit.data.images import load_rgb, median_side
 from cifar_lit.data.pools import FilePool, Pool
 from cifar_lit.data.prepare import cache_dir
+from cifar_lit.data.signature import stat_signature
 from cifar_lit.data.split import Split, apportion, resolve_count, seeded_permutation
 from cifar_lit.files.atomic import write_json_atomic
 
