@@ -9,95 +9,17 @@ their val/ and test/ folders, or on stratified hold-outs from train/
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import torch
 
 from cifar_lit.data.common import DataError
-from cifar_lit.data.formats import DataRef, get_format
+from cifar_lit.data.formats import DataRef, Split, get_format  # Split: defined beside the registry it asks
 from cifar_lit.data.prepare import cache_dir
-from cifar_lit.files.atomic import save_atomic, write_json_atomic
-
-REQUIRED = frozenset({"version", "dataset", "train", "val", "test", "classes", "samples"})
-
-
-@dataclass(frozen=True)
-class Split:
-    """A split file: which images of the dataset train, validate and test (indices), what data
-    it was made from (fingerprints) and how (sizes, seed).
-
-    ``samples`` is (path, label) of every image the indices point into, for formats that list
-    their images (image folders); None where the format's own pool is the training set and its
-    own test set (CIFAR's batches) is the test set (``test`` is then None). The fields after
-    ``samples`` are those of image-folder splits. Which fields a file holds, in which order, is
-    its format's ``split_keys``: ``write`` gives the same bytes as the file it was read from.
-    """
-
-    version: int
-    dataset: str
-    data_fingerprint: str
-    content_fingerprint: str
-    seed: int
-    val_size: int | float
-    test_size: int | float | None
-    classes: tuple[str, ...]
-    skipped: tuple[str, ...]
-    train: tuple[int, ...]
-    val: tuple[int, ...]
-    test: tuple[int, ...] | None
-    samples: tuple[tuple[str, int], ...] | None
-    min_per_class: int | None = None
-    left_out: Mapping[str, int] | None = None  # class -> its images in train/, left out by min_per_class
-    val_from: str | None = None  # a folder, "<size> of train held out, stratified", or None
-    test_from: str | None = None
-    # The median shorter side in pixels of the train images, as decoded: what
-    # cifar_lit.data.imagefolder.default_image_size picks an image size from.
-    median_side: int | None = None
-
-    @classmethod
-    def read(cls, path: Path) -> Split:
-        """The split file at ``path``; a file that is not one, or that an older cifar_lit made
-        for data this code would split otherwise, is a one-line ``DataError``."""
-        try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: not a readable split file ({e})") from e
-        if not isinstance(doc, dict) or not REQUIRED <= doc.keys():
-            raise DataError(f"{path}: not a split file written by cifar_lit")
-        try:
-            fmt = get_format(doc["dataset"])
-        except (ValueError, TypeError) as e:
-            raise DataError(f"{path}: {e}") from None
-        problem = fmt.split_version_problem(doc["version"])
-        if problem:
-            raise DataError(f"{path}: {problem}")
-        if not set(fmt.split_keys) <= doc.keys():
-            raise DataError(f"{path}: not a split file written by cifar_lit")
-        return cls.from_dict(doc)
-
-    @classmethod
-    def from_dict(cls, doc: Mapping) -> Split:
-        """A split from the fields of its file (lists become tuples)."""
-        def frozen(v):
-            return tuple(frozen(x) for x in v) if isinstance(v, list) else v
-
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: frozen(v) for k, v in doc.items() if k in names})
-
-    def to_dict(self) -> dict:
-        """The file's fields, in its format's order (tuples stay tuples: JSON writes them as lists)."""
-        return {k: getattr(self, k) for k in get_format(self.dataset).split_keys}
-
-    def write(self, path: Path) -> Path:
-        """Write the file whole or not at all (``cifar_lit.files.atomic``); returns ``path``."""
-        return write_json_atomic(path, self.to_dict())
+from cifar_lit.files.atomic import save_atomic
 
 
 def resolve_count(size: int | float, n: int, name: str, allow_zero: bool = False) -> int:
