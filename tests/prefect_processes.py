@@ -194,3 +194,17 @@ class WebhookReceiver:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def processes_of(home: Path) -> list[int]:
+    """Every live process whose environment holds ``PREFECT_HOME=home``: the command, its API
+    server and anything either started. (A zombie's environment reads empty.)"""
+    mark = f"PREFECT_HOME={home}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours to read
+            pass
+    return found

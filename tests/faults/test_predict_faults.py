@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_startup import processes_of
+from prefect_processes import processes_of
 
 from cifar_lit.lifecycle.model_file import load_model
 from cifar_lit.lifecycle.predict import predict

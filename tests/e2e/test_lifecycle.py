@@ -295,7 +295,7 @@ def _predict_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def test_missing_or_corrupt_registry_entries_exit_2_with_one_line(tmp_path):
+def test_missing_or_corrupt_registry_entries_exit_2_with_one_line(tmp_path, capsys):
     reg = Registry(tmp_path / "reg")
     model = tmp_path / "model.pt"
     model.write_bytes(b"\x00 not a torch file")
@@ -306,11 +306,17 @@ def test_missing_or_corrupt_registry_entries_exit_2_with_one_line(tmp_path):
         "corrupt model": (["--registry-dir", str(reg.root)], str(v1.path / "model.pt")),
         "missing file": (["--model", str(tmp_path / "gone.pt")], "gone.pt does not exist"),
     }
+    from flows.predict_flow import main
+
+    # The command's own main, in this process (each case fails before any flow run); the
+    # truncated card below goes through the real command line.
     for case, (args, expected) in cases.items():
-        proc = _predict_cli(*args, "--input", str(tmp_path))
-        assert proc.returncode == 2, case
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and expected in lines[0], (case, proc.stderr[-500:])
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--input", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, case
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (case, err[-500:])
     (v1.path / "model.json").write_text("{ truncated")
     proc = _predict_cli("--registry-dir", str(reg.root), "--input", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [

@@ -30,7 +30,7 @@ from cifar_lit.data.split import Split, data_counts, make_split, seeded_permutat
 from tasks import download as download_task
 from tasks.split import _cache_key as split_cache_key
 
-OLD = Path(__file__).parent / "fixtures" / "old_splits"  # written by the code before Split (see its README)
+OLD = Path(__file__).parents[1] / "fixtures" / "old_splits"  # written by the code before Split (see its README)
 
 
 # ---- the registry ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from cifar_lit.cli import build_parser, flag, parse_config
 from cifar_lit.config import FLAG_GROUPS, TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import fakes
-from prefect_processes import free_port
-from test_startup import processes_of
+from prefect_processes import free_port, processes_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

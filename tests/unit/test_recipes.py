@@ -101,7 +101,7 @@ def test_what_needs_the_recipe_is_checked_when_it_is_resolved(capsys):
 
 
 def test_cpu_recipes_leave_precision_and_memory_format_to_the_machine(tmp_path):
-    # Timed on the machine when the fit starts (tests/test_probe.py); a value given is kept.
+    # Timed on the machine when the fit starts (tests/integration/test_probe.py); a value given is kept.
     for recipe in ("cpu-fast", "cpu-long"):
         c = resolve(TrainConfig(recipe=recipe), CPU, CIFAR)
         assert (c.precision, c.channels_last) == (None, None) and c.is_resolved

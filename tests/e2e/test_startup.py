@@ -19,9 +19,10 @@ from pathlib import Path
 
 import fakes
 import pytest
+from prefect_processes import processes_of
 from wandb_files import offline_run_dirs, records
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="reads processes from /proc (Linux)")
 
 
@@ -31,20 +32,6 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(PREFECT_HOME=str(home), PYTHONPATH=str(REPO), **extra)
     return env
-
-
-def processes_of(home: Path) -> list[int]:
-    """Every live process whose environment holds ``PREFECT_HOME=home``: the command, its API
-    server and anything either started. (A zombie's environment reads empty.)"""
-    mark = f"PREFECT_HOME={home}".encode()
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if mark in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:  # gone, or not ours to read
-            pass
-    return found
 
 
 def _gone(home: Path, within: float) -> list[int]:
