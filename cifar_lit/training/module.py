@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from cifar_lit.lifecycle.model_file import tta_views
 from cifar_lit.training.budget import TimeBudget
 from cifar_lit.training.optim import Muon, triangular
+
+# Batch norms by their public classes (torch's common base, _BatchNorm, is private).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class LitClassifier(L.LightningModule):
@@ -195,7 +197,7 @@ class HeadFirst(Callback):
         head = head_of(net)
         inside = head + "."
         for name, module in net.named_modules():
-            if name != head and not name.startswith(inside) and isinstance(module, _BatchNorm):
+            if name != head and not name.startswith(inside) and isinstance(module, BATCH_NORMS):
                 self.norms.append(module)
         for name, p in net.named_parameters():
             if p.requires_grad and not name.startswith(inside):
