@@ -278,14 +278,14 @@ def test_a_budgeted_runs_config_json_replays_it_step_for_step(make_config, tmp_p
     from cifar_lit.training.callbacks import EpochHookCallback
     from flows.train_flow import train_flow
 
-    cfg = make_config(time_budget=4, max_epochs=None, lr_schedule="triangular", warmup=0.2, prediction_samples=0,
+    cfg = make_config(time_budget=2, max_epochs=None, lr_schedule="triangular", warmup=0.2, prediction_samples=0,
                       wandb_mode="disabled", output_dir=tmp_path / "first")
     first = train_flow(cfg)
     written = json.loads((tmp_path / "first" / "config.json").read_text())
     plans = first["budget"]["plans"]
     assert written["budget_plan"] == plans and plans[0][0] == 0 and len(plans) >= 2  # planned from the clock
     assert written["precision"] is not None and written["channels_last"] is not None  # as trained, not null
-    assert written["batch_size"] is not None and written["time_budget"] == 4
+    assert written["batch_size"] is not None and written["time_budget"] == 2
     assert first["config"]["precision"] == written["precision"]  # the summary records what ran too
 
     replay = parse_config(["--config", str(tmp_path / "first" / "config.json"), "--output-dir", str(tmp_path / "again")])
