@@ -107,6 +107,20 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
     return (UserError,)
 
 
+def one_copy_of_lightning_lines() -> None:
+    """Lightning prints its INFO lines through a handler of its own, and they reach Prefect's
+    console (and the Prefect UI) as well: every line twice. Prefect's copy is kept."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:  # Lightning's own, added when it was imported
+                logger.removeHandler(handler)
+    # The fit's INFO lines (the network and precision, one line per epoch off a terminal) reach
+    # Prefect's console too, whose root logger shows warnings only. (The data's and the
+    # recipe's the flow logs itself.)
+    logging.getLogger("cifar_lit.training").setLevel(logging.INFO)
+
+
 class _WithoutTraceback(logging.Formatter):
     """Formats a record as ``inner`` does, leaving out the traceback of a one-line error. The
     record itself is restored, so other handlers (Prefect's API log) still get the traceback."""
@@ -144,6 +158,7 @@ def run_or_exit(prog: str, run: Callable[[], T]) -> T:
     """``run()``; a one-line error ends the command with ``prog: error: <message>`` and exit 1."""
     errors = one_line_errors()
     quiet_console_tracebacks(errors)
+    one_copy_of_lightning_lines()
     api = started()
     try:
         with api.serving() if api is not None else nullcontext():

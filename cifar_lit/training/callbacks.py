@@ -5,6 +5,7 @@ watch on a service the run reports to."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -169,6 +170,23 @@ class ServiceWatch(Callback):
         self._raise_if_lost()
 
 
+def on_terminal() -> bool:
+    """Whether the progress output (stderr) is a terminal."""
+    return sys.stderr.isatty()
+
+
+class EpochLine(Callback):
+    """One log line per epoch (its losses and accuracies): the progress bar's stand-in when the
+    output is not a terminal."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        keys = ("train_loss_epoch", "train_acc_epoch", "val_loss", "val_acc")
+        shown = ", ".join(f"{k}={float(trainer.callback_metrics[k]):.4f}" for k in keys if k in trainer.callback_metrics)
+        log.info("epoch %d: %s", trainer.current_epoch + 1, shown)
+
+
 class EpochHookCallback(Callback):
     """Calls ``hook(epochs_done, max_epochs, metrics)`` after every training epoch (validation
     included), on rank 0. The Prefect fit task uses it to update a progress artifact."""
@@ -208,7 +226,9 @@ def build_callbacks(
         ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1,
                         enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
-        TQDMProgressBar(refresh_rate=20),
+        # A bar on a terminal; into a file or a pod's log, bars are hundreds of redrawn lines:
+        # one line per epoch there instead.
+        TQDMProgressBar(refresh_rate=20) if on_terminal() else EpochLine(),
     ]
     if samples is not None and config.prediction_samples > 0:
         callbacks.append(ImagePredictionLogger(samples, class_names, denormalize))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,12 +32,28 @@ from cifar_lit.recipes.presets import RECIPES, TORCHVISION_NETS
 from cifar_lit.run.rundir import OutputDirError
 from cifar_lit.run.tracking import log_test_results, make_loggers, per_class_table, update_config
 from cifar_lit.training.budget import ReplayedBudget, TimeBudget
-from cifar_lit.training.callbacks import EpochHook, ImagePredictionLogger, build_callbacks
+from cifar_lit.training.callbacks import EpochHook, ImagePredictionLogger, build_callbacks, on_terminal
 from cifar_lit.training.checkpointing import AtomicCheckpointIO, readable_checkpoint
 from cifar_lit.training.module import HeadFirst, LitClassifier
 from cifar_lit.training.quality import collapse_warnings
 
 log = logging.getLogger(__name__)
+
+
+class _LightningNoise(logging.Filter):
+    """Lightning lines that say nothing about this run: adverts for other packages, and a TPU
+    line on machines that have none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("\N{ELECTRIC LIGHT BULB} Tip:") or text.startswith("TPU available: False")
+                    or text.startswith("Loading `train_dataloader` to estimate"))
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_LightningNoise())
+# Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, on every fit: theirs to change.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=DeprecationWarning)
 
 
 @dataclass
@@ -95,6 +112,10 @@ def _trainer(config: TrainConfig, stage: str, callbacks, steps_per_epoch: int, *
         plugins=[AtomicCheckpointIO()],
         # Log at least once per epoch even on tiny datasets.
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
+        enable_progress_bar=on_terminal(),
+        # The summary table counts parameters of the metrics too and FLOPs it cannot measure (0):
+        # the run's own "network" line says what trains (see fit).
+        enable_model_summary=False,
         deterministic=config.deterministic or None,
     )
     kwargs.update(overrides)
@@ -147,6 +168,9 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     dm.setup("fit")
     # A resumed fit takes every weight from its checkpoint: no download, no weights file needed.
     model = build_classifier(config, dm, start_weights=ckpt_path is None)
+    log.info("network: %s, %.2fM parameters; precision %s, %s memory", config.network(),
+             sum(p.numel() for p in model.parameters()) / 1e6, config.precision,
+             "channels_last" if config.channels_last else "contiguous")
 
     validate = dm.has_val
     samples = dm.samples("val", config.prediction_samples) if config.prediction_samples and validate else None
