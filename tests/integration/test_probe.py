@@ -179,9 +179,18 @@ def test_a_fit_forced_to_bf16_trains_and_tests_in_bf16(make_config, monkeypatch,
     assert tested.metrics["test_acc"] > 0.2
 
 
-def _steady(monkeypatch, rates=lambda choice, n: 100.0, seconds: float = 0.0) -> list:
-    """Fake timings (``rates(choice, n)`` for the n-th timing) that take ``seconds`` each."""
+def _steady(monkeypatch, rates=lambda choice, n: 100.0, seconds: float = 0.0, quiet: bool = True) -> list:
+    """Fake timings (``rates(choice, n)`` for the n-th timing) that take ``seconds`` each; with
+    ``quiet``, on a machine that other processes leave alone (with fake timings of no duration,
+    any other process's CPU in that instant, a server an earlier test left winding down,
+    would read as a busy machine and keep the choice out of the cache)."""
     timed = []
+    if quiet:
+        class Quiet(probe.OthersLoad):
+            def __exit__(self, *exc) -> None:
+                self.share = 0.0
+
+        monkeypatch.setattr(probe, "OthersLoad", Quiet)
 
     def timing(step, choice, batch, device):
         timed.append(choice)
@@ -207,7 +216,7 @@ def test_rounds_far_apart_are_used_but_not_cached(monkeypatch, tmp_path):
 
 def test_a_probe_beside_other_work_is_used_but_not_cached(monkeypatch, tmp_path):
     monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
-    _steady(monkeypatch, seconds=0.1)
+    _steady(monkeypatch, seconds=0.1, quiet=False)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(probe.cpus())]
     try:
         time.sleep(0.3)
