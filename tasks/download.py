@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import sys
-import urllib.error
 from pathlib import Path
 
 from prefect import task
@@ -46,9 +44,7 @@ def is_transient(exc: BaseException) -> bool:
     fetch the same wrong bytes."""
     if isinstance(exc, DownloadError):
         return exc.transient
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code >= 500 or exc.code == 429
-    return isinstance(exc, urllib.error.URLError | ConnectionError | TimeoutError | socket.timeout)
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 def _retry_transient(task, task_run, state) -> bool:

@@ -179,6 +179,13 @@ class Fault:
     stall_headers: bool = False
 
 
+def _range_start(header: str | None) -> int | None:
+    """N of ``Range: bytes=N-``, the one form of range a resuming client sends."""
+    if header and header.startswith("bytes=") and header.endswith("-") and header[6:-1].isdigit():
+        return int(header[6:-1])
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Answers for the ``FileServer`` at ``self.server.fake``."""
 
@@ -190,6 +197,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
+        if fake.ranges and status in (200, 206):
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("ETag", '"v1"')
+        if status == 206:
+            start = _range_start(self.headers.get("Range"))
+            self.send_header("Content-Range", f"bytes {start}-{start + len(data) - 1}/{start + len(data)}")
         for name, value in fault.headers.items():
             self.send_header(name, value)
         self.end_headers()
@@ -231,6 +244,7 @@ class FileServer:
     Each GET takes the next of ``faults`` while there are any. Probes take none, so a client
     that probes first meets the fault on its download: HEAD requests, and torchvision's redirect
     probe (a GET that carries a ``Method: HEAD`` header and closes without reading the body).
+    ``ranges``: says it takes ``Range: bytes=N-`` requests, and answers them with 206.
     ``body_seconds`` spreads every body over about that long (a slow mirror). ``requests`` lists
     (method, path with query, status); ``request_times`` (time.monotonic) and
     ``request_headers`` go with it, index for index.
@@ -241,6 +255,7 @@ class FileServer:
     requests: list[tuple[str, str, int]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     body_seconds: float = 0.0
+    ranges: bool = False
     stall_seconds: float = 8.0  # bounded, so a client without a timeout still ends (as a test failure)
     request_times: list[float] = field(default_factory=list)
     request_headers: list[dict[str, str]] = field(default_factory=list)
@@ -266,6 +281,8 @@ class FileServer:
             file = urlsplit(path).path  # a ?token=... query does not change which file
             if fault.status is not None:
                 status, data = fault.status, b"busy"
+            elif file in self.files and self.ranges and _range_start(headers.get("Range")) is not None:
+                status, data = 206, self.files[file][_range_start(headers.get("Range")) :]
             elif file in self.files:
                 status, data = 200, self.files[file]
             else:

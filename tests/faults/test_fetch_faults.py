@@ -87,6 +87,31 @@ def test_short_read_is_retried_not_a_checksum_mismatch(tmp_path, server, archive
     assert (tmp_path / FOLDER / "data_batch_1").is_file()
 
 
+@pytest.mark.parametrize(
+    "fault", [fakes.Fault(truncate_to=3000), fakes.Fault(stall_after=3000)], ids=["closed-early", "stalled"]
+)
+def test_a_cut_off_transfer_resumes_where_it_stopped(tmp_path, server, archives, fast_timeout, fault):
+    """A mirror that takes ranges: the second request asks only for the rest (``Range`` from the
+    byte reached, ``If-Range`` with the ETag), in the same call, and the archive is whole."""
+    url, md5, size = server.url("/cifar10.tar.gz"), fakes.md5(archives["cifar10"]), len(archives["cifar10"])
+    server.ranges, server.faults = True, [fault]
+    folder = download_cifar("cifar10", tmp_path, url, md5)
+    assert load_cifar(folder, "cifar10", train=True)[0].shape[0] == 200
+    assert [status for _, status in server.gets()] == [200, 206]
+    assert server.request_headers[-1]["Range"] == "bytes=3000-" and server.request_headers[-1]["If-Range"] == '"v1"'
+    assert size > 3000 and not fakes.leftovers(tmp_path)
+
+
+def test_resumes_are_bounded_then_the_task_retries(tmp_path, server, archives):
+    url, md5, size = server.url("/cifar10.tar.gz"), fakes.md5(archives["cifar10"]), len(archives["cifar10"])
+    server.ranges, server.faults = True, [fakes.Fault(truncate_to=100) for _ in range(download.RESUMES + 2)]
+    with pytest.raises(Exception) as caught:
+        download_cifar("cifar10", tmp_path, url, md5)
+    assert is_transient(caught.value) and f"{100 * (download.RESUMES + 1)} of {size} bytes" in str(caught.value)
+    assert [status for _, status in server.gets()] == [200] + [206] * download.RESUMES
+    assert not (tmp_path / ARCHIVE).exists() and not fakes.leftovers(tmp_path)
+
+
 # ---- 3. Retry-After ---------------------------------------------------------------------------------
 
 

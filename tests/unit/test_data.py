@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import urllib.error
 
 import fakes
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_lit.data.cifar import ChecksumError, download_cifar, load_cifar
+from cifar_lit.data.cifar import ChecksumError, HTTPDownloadError, download_cifar, load_cifar
 from cifar_lit.data.common import DataError
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.imagefolder import scan_imagefolder
@@ -57,8 +56,9 @@ def test_wrong_checksum_is_a_clear_error_and_keeps_good_data(tmp_path, server, a
 
 def test_http_errors_propagate_for_the_task_to_retry(tmp_path, server, archives):
     server.fail_next = 1
-    with pytest.raises(urllib.error.HTTPError, match="503"):
+    with pytest.raises(HTTPDownloadError, match="503") as caught:
         download_cifar("cifar10", tmp_path, server.url("/cifar10.tar.gz"), fakes.md5(archives["cifar10"]))
+    assert caught.value.code == 503 and caught.value.transient
 
 
 def test_archive_members_cannot_escape_the_data_root(tmp_path, server):
