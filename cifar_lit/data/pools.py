@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
+from torchvision.transforms import v2
 
 from cifar_lit.data.common import SIZE
 
@@ -32,19 +32,21 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 TRAIN_CROP_SCALE = (0.35, 1.0)
 
 
-def tutorial_transform(mean=MEAN, std=STD) -> transforms.Compose:
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+def _normalised(mean, std) -> list:
+    """A PIL image to a plain float tensor in [0, 1], then normalised (plain: batches are tensors,
+    not torchvision's ``Image`` type)."""
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
 
 
-def train_transform(size: int, mean=MEAN, std=STD) -> transforms.Compose:
+def tutorial_transform(mean=MEAN, std=STD) -> v2.Compose:
+    return v2.Compose(_normalised(mean, std))
+
+
+def train_transform(size: int, mean=MEAN, std=STD) -> v2.Compose:
     """Per-sample training augmentation of an image folder: a random crop of the whole photo
-    (``TRAIN_CROP_SCALE`` of its area) resized to ``size`` x ``size``, mirrored half the time."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+    (``TRAIN_CROP_SCALE`` of its area) resized to ``size`` x ``size``, mirrored half the time.
+    On the PIL image, before it becomes a tensor: PIL's resampling, as evaluation's ``load_rgb``."""
+    return v2.Compose([v2.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE), v2.RandomHorizontalFlip(), *_normalised(mean, std)])
 
 
 class ArrayImages(Dataset):
