@@ -40,7 +40,7 @@ from cifar_lit.recipes.presets import PROBE, RECIPES, wants_gpu
 
 log = logging.getLogger(__name__)
 
-PROBED_FIELDS = ("precision", "channels_last")
+PROBED_FIELDS = ("precision", "channels_last", "threads")
 CACHE_ENV = "CIFAR_LIT_CACHE"
 STEPS = 2  # timed steps per candidate and round, after one warm-up step
 ROUNDS = 2  # every candidate is timed this often, the rounds interleaved
@@ -152,7 +152,7 @@ def cache_file() -> Path:
 
 
 def candidates(device: str, given: dict[str, Any]) -> list[Choice]:
-    """What to time; ``given``: fields the user set (precision, channels_last), kept as they are.
+    """What to time; ``given``: fields the user set (precision, channels_last, threads), kept as they are.
     ``OMP_NUM_THREADS`` set keeps torch's thread count too, and ``CIFAR_LIT_PROBE_PRECISION``
     the precision (bf16 then runs even where the CPU only emulates it)."""
     if device == "cuda":
@@ -163,6 +163,8 @@ def candidates(device: str, given: dict[str, Any]) -> list[Choice]:
         bf16 = cpu_has_amx() or "avx512_bf16" in flags
         n = cpus()
         threads = [n, n // 2] if n >= 4 and not os.environ.get("OMP_NUM_THREADS") else [torch.get_num_threads()]
+    if "threads" in given:
+        threads = [given["threads"]]
     forced = forced_precision()
     precisions = ([given["precision"]] if "precision" in given else [forced] if forced
                   else ["32-true", "bf16-mixed"] if bf16 else ["32-true"])

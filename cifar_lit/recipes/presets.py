@@ -113,6 +113,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "weight_decay": 5e-4,
         "precision": PROBE,
         "channels_last": PROBE,
+        "threads": PROBE,
         "compile": False,
     },
     # The same network trained about three times as long, for a better model when time allows.
@@ -131,6 +132,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "weight_decay": 5e-4,
         "precision": PROBE,
         "channels_last": PROBE,
+        "threads": PROBE,
         "compile": False,
     },
     # The airbench-sized network for one GPU: bf16 autocast, batch 1024, 10 epochs.

@@ -156,6 +156,9 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     timed = config.model_copy(update={"batch_size": min(config.batch_size, len(split.train))})
     timed, probed = probe.apply(timed, len(split.classes))
     config = config.model_copy(update={name: getattr(timed, name) for name in probe.PROBED_FIELDS})
+    if config.threads:  # set by the user or a replayed config, or chosen (and set) by the probe
+        torch.set_num_threads(config.threads)
+    config = config.model_copy(update={"threads": torch.get_num_threads()})  # recorded: config.json replays it
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt_dir = checkpoint_dir(config)
     last = ckpt_dir / "last.ckpt"
@@ -168,9 +171,9 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     dm.setup("fit")
     # A resumed fit takes every weight from its checkpoint: no download, no weights file needed.
     model = build_classifier(config, dm, start_weights=ckpt_path is None)
-    log.info("network: %s, %.2fM parameters; precision %s, %s memory", config.network(),
+    log.info("network: %s, %.2fM parameters; precision %s, %s memory, %d threads", config.network(),
              sum(p.numel() for p in model.parameters()) / 1e6, config.precision,
-             "channels_last" if config.channels_last else "contiguous")
+             "channels_last" if config.channels_last else "contiguous", torch.get_num_threads())
 
     validate = dm.has_val
     samples = dm.samples("val", config.prediction_samples) if config.prediction_samples and validate else None

@@ -285,6 +285,7 @@ def test_a_budgeted_runs_config_json_replays_it_step_for_step(make_config, tmp_p
     plans = first["budget"]["plans"]
     assert written["budget_plan"] == plans and plans[0][0] == 0 and len(plans) >= 2  # planned from the clock
     assert written["precision"] is not None and written["channels_last"] is not None  # as trained, not null
+    assert written["threads"] == torch.get_num_threads()
     assert written["batch_size"] is not None and written["time_budget"] == 2
     assert first["config"]["precision"] == written["precision"]  # the summary records what ran too
 

@@ -47,7 +47,7 @@ def test_the_fastest_candidate_is_chosen_and_cached_per_machine(monkeypatch, tmp
 
     monkeypatch.setattr(probe, "images_per_second", timing)
     config = _config()
-    assert probe.wants_probe(config) == ["precision", "channels_last"]
+    assert probe.wants_probe(config) == ["precision", "channels_last", "threads"]
     found = probe.probe(config, num_classes=10)
     assert not found.cached and found.seconds > 0 and found.choice.channels_last
     assert {c.channels_last for c in timed} == {False, True} and probe.ROUNDS * len(found.images_per_second) == len(timed)
@@ -71,11 +71,12 @@ def test_the_fastest_candidate_is_chosen_and_cached_per_machine(monkeypatch, tmp
 def test_values_the_user_gave_are_kept(monkeypatch, tmp_path):
     monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path))
     config = _config(precision="32-true")
-    assert probe.wants_probe(config) == ["channels_last"]
+    assert probe.wants_probe(config) == ["channels_last", "threads"]
     assert {c.precision for c in probe.candidates("cpu", probe.given(config))} == {"32-true"}
+    assert {c.threads for c in probe.candidates("cpu", probe.given(_config(threads=1)))} == {1}
     probed, found = probe.apply(config, num_classes=10)
     assert probed.precision == "32-true" and probed.channels_last == found.choice.channels_last
-    assert probe.apply(_config(precision="32-true", channels_last=False), num_classes=10)[1] is None  # nothing left
+    assert probe.apply(_config(precision="32-true", channels_last=False, threads=2), num_classes=10)[1] is None  # nothing left
     assert probe.apply(resolve(TrainConfig(recipe="seed")), num_classes=10)[1] is None  # a recipe that fixes both
 
 
@@ -126,7 +127,8 @@ def test_a_fit_uses_and_records_the_probe_and_its_test_reuses_it(make_config, mo
     assert max(rates, key=rates.get) == probe.words(probe.Choice(fitted.probe["precision"],
                                                                   fitted.probe["channels_last"], fitted.probe["threads"]))
     saved = torch.load(fitted.last_checkpoint, weights_only=False, map_location="cpu")["hyper_parameters"]["config"]
-    assert (saved["precision"], saved["channels_last"]) == (fitted.probe["precision"], fitted.probe["channels_last"])
+    assert (saved["precision"], saved["channels_last"], saved["threads"]) == (
+        fitted.probe["precision"], fitted.probe["channels_last"], fitted.probe["threads"])
     monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("the test step probed again"))
     tested = train.evaluate(cfg, cfg.out / "split.json", fitted.last_checkpoint)
     assert tested.metrics["test_acc"] > 0
