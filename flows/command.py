@@ -68,6 +68,20 @@ def check_prefect(prog: str) -> None:
                              "correct the URL (it ends in /api), or unset it to use a temporary server"))
 
 
+def refuse_early(prog: str, check: Callable[[], None]) -> None:
+    """``check()``, a cheap check of the flags (a place that cannot be written), before the
+    temporary API server starts or torch loads: its ``UserError`` is the command's one line,
+    ``prog: error: --field: ...``, exit 2, as a bad flag's."""
+    from cifar_lit.cli import fail, flag
+    from cifar_lit.errors import UserError
+
+    try:
+        check()
+    except UserError as e:
+        field, _, message = str(e).partition(": ")
+        fail(prog, f"{flag(field)}: {message}")
+
+
 def check_install(prog: str) -> None:
     """torch and torchvision load together, else one line that says how to reinstall them, exit 1.
 

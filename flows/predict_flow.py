@@ -13,15 +13,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flows.command import check_install, check_prefect, prefect_defaults, program, run_or_exit
+from flows.command import check_install, check_prefect, prefect_defaults, program, refuse_early, run_or_exit
 
 PROG = program("predict_flow.py")
 if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
     from cifar_lit.cli import parse_config
     from cifar_lit.config import PredictConfig
+    from cifar_lit.run.rundir import check_output
     from flows.temporary_api import TemporaryAPI
 
     CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG, model=PredictConfig)
+    refuse_early(PROG, lambda: check_output(Path(CLI_CONFIG.output)))  # before a server starts
     check_prefect(PROG)  # a dead or wrong PREFECT_API_URL, an unwritable PREFECT_HOME: one line
     API = TemporaryAPI()  # boots while torch is imported below; the flow waits for it
     check_install(PROG)  # a broken torch/torchvision pair is one line, not a traceback
@@ -53,9 +55,9 @@ def predict_flow(config: PredictConfig) -> dict:
 def main(argv: list[str] | None = None, config: PredictConfig | None = None) -> dict:
     from cifar_lit.cli import fail, parse_config
     from cifar_lit.lifecycle.model_file import ModelFileError, read_model
-    from cifar_lit.lifecycle.predict import check_output, resolve_model
+    from cifar_lit.lifecycle.predict import resolve_model
     from cifar_lit.lifecycle.registry import RegistryError
-    from cifar_lit.run.rundir import OutputDirError
+    from cifar_lit.run.rundir import OutputDirError, check_output
 
     config = config or parse_config(argv, prog=PROG, model=PredictConfig)
     try:  # before any flow run exists: a wrong name, path or file is the user's one-line error

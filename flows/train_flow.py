@@ -17,15 +17,17 @@ import re
 import sys
 from pathlib import Path
 
-from flows.command import check_install, check_prefect, prefect_defaults, program, run_or_exit
+from flows.command import check_install, check_prefect, prefect_defaults, program, refuse_early, run_or_exit
 from flows.temporary_api import TemporaryAPI
 
 PROG = program("train_flow.py")
 prefect_defaults()
 if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
     from cifar_lit.cli import parse_config
+    from cifar_lit.run.rundir import check_places
 
     CLI_CONFIG = parse_config(sys.argv[1:], prog=PROG)
+    refuse_early(PROG, lambda: check_places(CLI_CONFIG))  # before a server starts
     # The API server boots while torch and Lightning are imported below; any wait left for it
     # goes to importing W&B, which the run imports next.
     check_prefect(PROG)  # a dead or wrong PREFECT_API_URL, an unwritable PREFECT_HOME: one line
@@ -46,7 +48,7 @@ from cifar_lit.lifecycle.promote import card, unchanged
 from cifar_lit.machine.checks import MachineError, check_machine
 from cifar_lit.recipes.plan import DataSize, plan, recipe_summary, resolve
 from cifar_lit.run import tracking
-from cifar_lit.run.rundir import OutputDirError, check_writable, own_output_dir
+from cifar_lit.run.rundir import OutputDirError, check_places, check_writable, own_output_dir
 from cifar_lit.run.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
 from cifar_lit.training.train import replayable
 from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
@@ -186,8 +188,7 @@ def main(argv: list[str] | None = None, config: TrainConfig | None = None, api: 
     config = config or parse_config(argv, prog=PROG)
     try:  # the user's one-line error, before any flow run exists (the flow checks again)
         check_machine(config)
-        check_writable(config.output_dir or config.runs_dir, "output_dir" if config.output_dir else "runs_dir")
-        check_writable(config.registry, "registry_dir")
+        check_places(config)
     except (MachineError, OutputDirError) as e:
         field, _, message = str(e).partition(": ")
         fail(PROG, f"{flag(field)}: {message}")

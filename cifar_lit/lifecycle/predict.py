@@ -26,7 +26,7 @@ from cifar_lit.data.images import load_rgb
 from cifar_lit.files.atomic import save_atomic
 from cifar_lit.lifecycle.model_file import LoadedModel
 from cifar_lit.lifecycle.registry import RegistryError
-from cifar_lit.run.rundir import OutputDirError, check_writable
+from cifar_lit.run.rundir import OutputDirError, check_output
 
 TOP_K = 3
 
@@ -119,13 +119,6 @@ def resolve_model(config) -> Path:
     if not path.is_file():
         raise ModelFileError(f"{path}: listed in {version.path / 'model.json'} but missing")
     return path
-
-
-def check_output(out: Path) -> None:
-    """One line when the CSV cannot be written at ``out``: found before the work, not after."""
-    if out.is_dir():
-        raise OutputDirError(f"output: {out} is a folder; name the CSV file to write, e.g. {out / 'predictions.csv'}")
-    check_writable(out.parent, "output")
 
 
 def predict_to_csv(config) -> dict:

@@ -39,6 +39,20 @@ def check_writable(folder: Path, field: str = "output_dir") -> None:
         raise OutputDirError(f"{field}: {folder} is not writable ({e.strerror or e})") from None
 
 
+def check_places(config) -> None:
+    """Where a training run writes can be written: its output dir (or the runs dir it goes
+    under) and the registry; else one line naming the field."""
+    check_writable(config.output_dir or config.runs_dir, "output_dir" if config.output_dir else "runs_dir")
+    check_writable(config.registry, "registry_dir")
+
+
+def check_output(out: Path) -> None:
+    """One line when a CSV cannot be written at ``out``: found before the work, not after."""
+    if out.is_dir():
+        raise OutputDirError(f"output: {out} is a folder; name the CSV file to write, e.g. {out / 'predictions.csv'}")
+    check_writable(out.parent, "output")
+
+
 @contextmanager
 def own_output_dir(out: Path, resume: bool = False) -> Iterator[Path]:
     out = Path(out)

@@ -90,6 +90,19 @@ def test_a_broken_torch_torchvision_pair_is_one_line_saying_how_to_reinstall(tmp
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+def test_a_place_it_cannot_write_is_refused_before_a_server_starts(tmp_path):
+    """The real command: an output or runs dir under a file is exit 2 with one line, and no
+    temporary API server was started for it (nothing under PREFECT_HOME, no process)."""
+    (tmp_path / "a-file").write_text("x")
+    for flags, expected in ((["--output-dir", str(tmp_path / "a-file" / "run")], "--output-dir: "),
+                            (["--runs-dir", str(tmp_path / "a-file")], "--runs-dir: ")):
+        proc = subprocess.run([sys.executable, "flows/train_flow.py", *flags], cwd=REPO, env=_env(tmp_path),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+        assert proc.stderr.startswith(f"train_flow.py: error: {expected}") and "cannot be created" in proc.stderr
+    assert processes_of(tmp_path / "prefect-home") == [] and not (tmp_path / "prefect-home").exists()
+
+
 def test_a_prefect_api_it_cannot_use_is_one_line_before_any_work(tmp_path):
     not_prefect = fakes.FileServer({}).start()  # answers 404 to everything, /api/health included
     dead = f"http://127.0.0.1:{free_port()}/api"
