@@ -183,10 +183,8 @@ class TrainConfig(BaseModel):
         None, description="pil: the tutorial's per-sample DataLoader; tensor: decoded once, batched on the device"
     )
     channels_last: bool | None = Field(None, description="NHWC memory format for the network and batches")
-    threads: int | None = Field(
-        None, ge=1, description="CPU threads torch trains with (default: the probe's choice where the recipe probes, "
-        "else torch's own)"
-    )
+    threads: int | None = Field(None, ge=1, description="CPU threads torch trains with (default: the probe's "
+                                "choice where the recipe probes, else torch's own)")
     compile: bool | None = Field(None, description="torch.compile the model before fitting")
     deterministic: bool = Field(
         False, description="bit-identical results on this machine: fixed epochs (no time budget), float32, "

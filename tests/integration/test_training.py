@@ -64,7 +64,9 @@ def test_fit_learns_checkpoints_and_tests(make_config):
     ckpt = torch.load(result.best_checkpoint, weights_only=False)
     # The config, as resolved for this machine and data, is the hyperparameters.
     resolved = resolve(cfg, data=DataSize.of_split(dm.split))
-    assert ckpt["hyper_parameters"]["config"] == resolved.as_dict() and resolved.is_resolved
+    # ... with the thread count it trained with (a replay runs with it).
+    assert ckpt["hyper_parameters"]["config"] == {**resolved.as_dict(), "threads": torch.get_num_threads()}
+    assert resolved.is_resolved
     assert {k: v for k, v in cfg.as_dict().items() if v is not None}.items() <= resolved.as_dict().items()
     assert (dm.batch_size, dm.image_size) == (resolved.batch_size, resolved.image_size)
     assert (cfg.out / "checkpoints" / "last.ckpt").is_file()
