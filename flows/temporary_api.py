@@ -183,7 +183,9 @@ class TemporaryAPI:
     def stop(self, timeout: float = 10) -> None:
         """Stop the server and everything in its process group: SIGTERM, so that it writes what
         it has received (Prefect persists events, and task runs from them, in the background),
-        then SIGKILL after ``timeout`` seconds."""
+        then SIGKILL after ``timeout`` seconds. A server that never answered has received nothing
+        to write: SIGKILL at once (while it starts up it would ignore SIGTERM for the whole wait,
+        and a command refused at start-up took 10 s longer to end)."""
         import signal
         import subprocess
 
@@ -191,7 +193,7 @@ class TemporaryAPI:
         if process is None:
             return
         kill = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows has no SIGKILL
-        _signal_group(process.pid, signal.SIGTERM)
+        _signal_group(process.pid, signal.SIGTERM if self.answering.is_set() else kill)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
