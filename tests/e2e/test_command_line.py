@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import fakes
-from prefect_processes import free_port, processes_of
+from prefect_processes import free_port, processes_of, seeded_home
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,7 @@ def _error_line(stderr: str) -> str:
 
 def _train(tmp_path: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
     common = ["--wandb-mode", "disabled", "--accelerator", "cpu", "--runs-dir", str(tmp_path / "runs")]
+    seeded_home(tmp_path / "prefect-home")
     return subprocess.run([sys.executable, "flows/train_flow.py", *args, *common], cwd=REPO, env=_env(tmp_path, **env),
                           capture_output=True, text=True, timeout=300)
 
@@ -152,6 +153,8 @@ def test_the_cifar_lit_command_runs_each_flow_and_the_registry_under_its_own_nam
 
     script = shutil.which("cifar-lit", path=str(Path(sys.executable).parent))
     assert script, "the cifar-lit console script is not installed (pip install -e .)"
+
+    seeded_home(tmp_path / "prefect-home")
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([script, *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,

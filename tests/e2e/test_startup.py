@@ -19,7 +19,7 @@ from pathlib import Path
 
 import fakes
 import pytest
-from prefect_processes import processes_of
+from prefect_processes import processes_of, seeded_home
 from wandb_files import offline_run_dirs, records
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_a_finished_run_is_whole_in_the_api_and_on_disk_and_leaves_no_process(tm
 def test_a_killed_command_takes_its_server_with_it(tmp_path):
     # SIGKILL runs no exit handler at all: the server learns of it from the kernel (Linux).
     root = fakes.image_folder(tmp_path / "photos", per_class=60)
-    home = tmp_path / "prefect-home"
+    home = seeded_home(tmp_path / "prefect-home")  # an empty home's first start: the test above
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, *_flow_args(root, tmp_path, "--max-epochs", "50",

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from prefect_processes import processes_of
+from prefect_processes import processes_of, seeded_home
 
 from cifar_lit.lifecycle.model_file import load_model
 from cifar_lit.lifecycle.predict import predict
@@ -57,7 +57,7 @@ def test_every_file_gets_a_row_and_a_fifo_never_blocks(tiny_model, tmp_path):
 def _predict(tiny_model: Path, tmp_path: Path, output: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "flows/predict_flow.py", "--model", str(tiny_model), "--input", str(tmp_path / "in"),
            "--output", str(output)]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home")}
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(seeded_home(tmp_path / "home"))}
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 

@@ -16,6 +16,7 @@ import fakes
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from prefect_processes import seeded_home
 
 from flows.train_flow import train_flow
 
@@ -33,7 +34,7 @@ def test_no_secret_in_any_byte_of_a_command_line_run(server, archives, tmp_path)
                                                            "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")}
     drop = ("PREFECT_API_URL",)  # its own temporary server, with its database in the Prefect home below
     env = {k: v for k, v in os.environ.items() if k not in drop} | state | {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"), "WANDB_API_KEY": API_KEY, "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_HOME": str(seeded_home(tmp_path / "prefect-home")), "WANDB_API_KEY": API_KEY, "PREFECT_LOGGING_LEVEL": "INFO",
         "CIFAR_LIT_CACHE": str(tmp_path / "cache")}
     args = ["--data-dir", str(tmp_path / "data"), "--download-url", url, "--download-md5", fakes.md5(archives["cifar10"]),
             "--recipe", "seed", "--max-epochs", "1", "--val-size", "40", "--batch-size", "16", "--num-workers", "0",

@@ -15,7 +15,7 @@ from pathlib import Path
 import fakes
 import pytest
 import torch
-from prefect_processes import REPO
+from prefect_processes import REPO, seeded_home
 
 
 def _children(pid: int) -> list[int]:
@@ -37,7 +37,7 @@ def test_a_signal_ends_the_run_crashed_and_stops_the_temporary_server(tmp_path, 
     root = fakes.image_folder(tmp_path / "ds", per_class=60)
     out, home = tmp_path / "run", tmp_path / "prefect-home"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own temporary server
-    env.update(PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO")
+    env.update(PREFECT_HOME=str(seeded_home(home)), PREFECT_LOGGING_LEVEL="INFO")
     args = ["--recipe", "seed", "--dataset", "imagefolder", "--data-dir", str(root), "--val-size", "0.2",
             "--max-epochs", "50", "--batch-size", "2", "--num-workers", "0", "--accelerator", "cpu", "--devices", "1",
             "--wandb-mode", "disabled", "--prediction-samples", "0", "--output-dir", str(out),
