@@ -156,7 +156,8 @@ class TemporaryAPI:
             code = self.process.poll()
             if code is None:
                 return
-            if code in (1, 3) and self.attempts < self.ATTEMPTS:  # its port was taken: another one
+            taken = code in (1, 3) and _port_in_use(int(self.url.rsplit(":", 1)[1].split("/")[0]))
+            if taken and self.attempts < self.ATTEMPTS:  # another process took its port: another one
                 self._spawn()
                 self._use()
                 continue
@@ -287,6 +288,16 @@ def _signal_name(code: int) -> str:
         return f" (killed by {signal.Signals(-code).name})" if code < 0 else ""
     except ValueError:
         return ""
+
+
+def _port_in_use(port: int) -> bool:
+    """Whether something listens on ``port`` (after our server exited: someone else took it).
+    Otherwise the exit had another cause (the disk, PREFECT_HOME), which a new port won't fix."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _free_port() -> int:

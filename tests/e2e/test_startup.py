@@ -189,3 +189,25 @@ def test_the_cheap_look_at_prefect_settings_files(tmp_path, monkeypatch):
         (tmp_path / name).unlink()
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["prefect>=3"]\n')
     assert expected()
+
+
+def test_a_port_taken_before_the_server_binds_it_gets_another(tmp_path):
+    """Prefect's temporary server exits when another process took its port in between: a new
+    port is tried. (An exit for another reason is not retried: test_command_line's dying server.)"""
+    script = """
+import socket, sys
+import flows.temporary_api as t
+held = socket.socket(); held.bind(("127.0.0.1", 0)); held.listen()
+ports = [held.getsockname()[1]]
+real = t._free_port
+t._free_port = lambda: ports.pop(0) if ports else real()
+api = t.TemporaryAPI()
+api.wait()
+print("attempts", api.attempts, "answered", api.url != f"http://127.0.0.1:{held.getsockname()[1]}/api")
+api.stop()
+"""
+    home = seeded_home(tmp_path / "prefect-home")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_env(home), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.split() == ["attempts", "2", "answered", "True"], proc.stdout + proc.stderr[-2000:]
+    assert processes_of(home) == []
