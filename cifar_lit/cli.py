@@ -114,11 +114,20 @@ def _add_flag(section, model: type[BaseModel], name: str) -> None:
     section.add_argument(flag(name), help=help_text, **kwargs)
 
 
-def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, model: type[BaseModel] = TrainConfig):
-    """Flags to a validated config; exits 2 with one line on any bad flag or value."""
+def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, model: type[BaseModel] = TrainConfig,
+                 extra: tuple[str, type[BaseModel], str] | None = None):
+    """Flags to a validated config; exits 2 with one line on any bad flag or value. ``extra``:
+    (title, model, description) of a second model whose flags join the first's (the sweep's
+    settings beside the training flags): the result is then the pair of configs."""
     parser = build_parser(prog, model, (model.__doc__ or "").strip().splitlines()[0] if model is not TrainConfig else None)
+    if extra is not None:
+        parser.description = extra[2]
+        section = parser.add_argument_group(extra[0])
+        for name in extra[1].model_fields:
+            _add_flag(section, extra[1], name)
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
+    extra_given = {k: given.pop(k) for k in list(given) if extra is not None and k in extra[1].model_fields}
     if "config_file" in given:
         given = {**replay_base(given.pop("config_file"), parser), **given}
     try:
@@ -135,6 +144,11 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, mod
         # flow parameter is not checked against the disk (it may be submitted from elsewhere).
         if config.dataset == "imagefolder" and not (config.data_dir / "train").is_dir():
             parser.error(f"--data-dir: {config.data_dir} has no train/ folder (expected DIR/train/<class>/*)")
+    if extra is not None:
+        try:
+            return config, extra[1](**extra_given)
+        except ValidationError as e:
+            parser.error(describe_error(e, extra[1]))
     return config
 
 

@@ -2,6 +2,7 @@
 
     cifar-lit train [flags]       the training flow (the same as python flows/train_flow.py)
     cifar-lit predict [flags]     the predict flow (python flows/predict_flow.py)
+    cifar-lit sweep [flags]       the sweep flow (python flows/sweep_flow.py)
     cifar-lit registry ...        list, show, set-alias, sync-wandb (python -m cifar_lit.lifecycle.registry)
 
 Each sub-command runs its module as ``__main__``, so ``--help`` and flag errors answer before
@@ -16,6 +17,7 @@ import sys
 COMMANDS = {
     "train": ("flows.train_flow", "train a model: download, split, fit, test, export, promote"),
     "predict": ("flows.predict_flow", "classify image files and folders with a registered model, into a CSV"),
+    "sweep": ("flows.sweep_flow", "tune: an Optuna study of train runs; the best one goes through the gate"),
     "registry": ("cifar_lit.lifecycle.registry", "the model registry: list, show, set-alias, sync-wandb"),
 }
 

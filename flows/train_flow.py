@@ -51,6 +51,7 @@ from cifar_lit.run import tracking
 from cifar_lit.run.rundir import OutputDirError, check_places, check_writable, own_output_dir
 from cifar_lit.run.summary import build_summary, json_safe, skipped_summary, summary_markdown, write_summary
 from cifar_lit.training.train import replayable
+from cifar_lit.tuning.trial import TRIAL_CARD, TrialRef
 from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
 
 
@@ -71,15 +72,17 @@ DEFAULT_CONFIG = TrainConfig()
 
 
 @flow(name="train", flow_run_name=_run_name, log_prints=True)
-def train_flow(config: TrainConfig = DEFAULT_CONFIG) -> dict:
-    """Train, test, export and promote an image classifier; returns the run summary."""
+def train_flow(config: TrainConfig = DEFAULT_CONFIG, trial: TrialRef | None = None) -> dict:
+    """Train, test, export and promote an image classifier; returns the run summary.
+    ``trial``: the run is that trial of a sweep (flows/sweep_flow.py): it reports to the study,
+    may be pruned, and leaves the gate to the sweep, which sends only its best trial."""
     # The recipe for this machine, once (cifar_lit.recipes); the data's share after the split.
     config = resolve(config).with_output_dir(flow_run.get_name())
     with own_output_dir(config.out, resume=config.resume):
-        return _train(config)
+        return _train(config, trial)
 
 
-def _train(config: TrainConfig) -> dict:
+def _train(config: TrainConfig, trial: TrialRef | None = None) -> dict:
     logger = get_run_logger()
     check_machine(config)  # before any data work
     check_writable(config.registry, "registry_dir")  # not only after fit, test and export
@@ -106,7 +109,7 @@ def _train(config: TrainConfig) -> dict:
         if note:
             logger.info("%s", note)
 
-    match = None if config.force else unchanged(config, fingerprint)
+    match = None if config.force or trial else unchanged(config, fingerprint)
     if match is not None:  # the nightly case: nothing to learn that production does not know
         summary = skipped_summary(config, match, fingerprint)
         write_summary(out / "summary.json", summary)
@@ -118,9 +121,9 @@ def _train(config: TrainConfig) -> dict:
     progress = create_progress_artifact(
         0.0, key=_artifact_key(config, "progress"), description=f"fit progress of {out.name}"
     )
-    tracking.start_run(config, name=out.name)
+    tracking.start_run(config, name=out.name, group=trial.study if trial else None)
     try:
-        fitted = fit_model(config, staged, progress)
+        fitted = fit_model(config, staged, progress, trial)
         # What replays this run: --config runs/<run>/config.json
         write_json_atomic(out / "config.json", replayable(config, fitted).as_dict(), indent=2)
         tested = evaluate_model(config, staged, Path(fitted["best_checkpoint"]))
@@ -129,15 +132,24 @@ def _train(config: TrainConfig) -> dict:
             data["test"] = sum(map(sum, tested["confusion"]))
         parts = dict(config=replayable(config, fitted), fit=fitted, test=tested, data_fingerprint=fingerprint, data=data,
                      recipe=recipe_summary(recipe))
+        model_card = card(config, tested, fingerprint, out.name, fitted)
         # Written before anything talks to W&B or the registry: a later failure loses nothing.
         write_summary(out / "summary.json", build_summary(**parts, wandb=tracking.run_info()))
         export_state = export_checkpoint(
             config, Path(fitted["best_checkpoint"]), tested["metrics"], fingerprint, staged, return_state=True
         )
         exported, export_error = _exported(config, export_state)
-        promotion = promote_model(config, exported["files"], staged, card(config, tested, fingerprint, out.name, fitted),
-                                  _artifact_key(config, "promotion"), exported.get("path"))
+        if trial is None:
+            promotion = promote_model(config, exported["files"], staged, model_card, _artifact_key(config, "promotion"),
+                                      exported.get("path"))
+        else:  # what the sweep's gate needs of this trial, should it be the best
+            write_json_atomic(out / TRIAL_CARD, {"card": model_card, "files": exported["files"],
+                                                 "wandb_artifact": exported.get("path")})
+            promotion = {"promoted": False, "reason": f"trial {trial.number} of sweep {trial.study}: the sweep sends "
+                         "its best trial through the gate"}
         summary = build_summary(**parts, wandb=tracking.run_info(), export=exported, promotion=promotion)
+        if trial is not None:
+            summary |= {"pruned": fitted["trial"]["pruned"], "trial": fitted["trial"]}
     finally:
         tracking.finish_run()
     write_summary(out / "summary.json", summary)

@@ -24,6 +24,7 @@ from cifar_lit.run import tracking
 from cifar_lit.training.callbacks import ServiceLostError, ServiceWatch
 from cifar_lit.training.distributed import fit_in_subprocess, is_distributed
 from cifar_lit.training.train import checkpoint_dir, fit
+from cifar_lit.tuning.trial import TrialRef, trial_reporter
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,14 @@ def _retry_transient(task, task_run, state) -> bool:
 
 
 @task(name="fit", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
-def fit_model(config: TrainConfig, split_file: Path, progress_artifact: UUID | None = None) -> dict:
-    """Fit the model; returns checkpoint paths and validation metrics."""
+def fit_model(config: TrainConfig, split_file: Path, progress_artifact: UUID | None = None,
+              trial: TrialRef | None = None) -> dict:
+    """Fit the model; returns checkpoint paths and validation metrics (``trial``: the sweep trial
+    this fit reports its validation accuracy to, and which its pruner may stop early)."""
     # A retry continues this run's own last.ckpt (checked by cifar_lit.training.train.resume_point).
     resume = config.resume or task_run.get_run_count() > 1
+    if is_distributed(config) and trial is not None:
+        raise ValueError("strategy: a sweep trial trains in one process (its pruning callback reports from it)")
     if is_distributed(config):  # DDP: one process per device, started by Lightning (see cifar_lit.training.distributed)
         result = fit_in_subprocess(config, split_file, resume=resume)
         # Under a time budget, max_epochs is only a cap: the fit that ended is the whole of it.
@@ -145,10 +150,12 @@ def fit_model(config: TrainConfig, split_file: Path, progress_artifact: UUID | N
         return result.to_dict()
     watch = api_watch()
     progress = Progress(progress_artifact, watch)
+    reporter = trial_reporter(trial) if trial is not None else None
     try:
-        result = fit(config, split_file, resume=resume, on_epoch=progress, extra_callbacks=[watch])
+        result = fit(config, split_file, resume=resume, on_epoch=progress,
+                     extra_callbacks=[watch, *([reporter] if reporter else [])])
     except ServiceLostError as e:
         abandon(config, e)
         raise
     progress.flush()
-    return result.to_dict()
+    return result.to_dict() | ({"trial": reporter.outcome()} if reporter else {})

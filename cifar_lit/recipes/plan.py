@@ -115,6 +115,12 @@ def fit_to_data(batch: int, epochs: int, n_train: int, batch_given: bool, epochs
     return batch, epochs
 
 
+def default_val_size(dataset: str) -> int | float:
+    """Validation images when a recipe leaves them to the dataset: a tenth of a folder's photos,
+    5000 of CIFAR's training images."""
+    return 0.1 if dataset == "imagefolder" else 5000
+
+
 def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize | None = None) -> Plan:
     """``config`` with its recipe fields filled in (see the module docstring). Idempotent: a
     field already set, by the user or an earlier call, is kept."""
@@ -133,7 +139,7 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
             continue  # left to the machine when the fit starts (cifar_lit.machine.probe)
         values[name] = value
     if config.val_size is None and "val_size" not in values:
-        values["val_size"] = 0.1 if config.dataset == "imagefolder" else 5000
+        values["val_size"] = default_val_size(config.dataset)
     _check(config, values)
     budget = values.get("time_budget", config.time_budget)
     device = None  # "CPU" or "GPU", where a time budget needs it

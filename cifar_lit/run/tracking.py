@@ -76,11 +76,11 @@ def update_config(config: TrainConfig) -> None:
         wandb.run.config.update(config.as_dict(), allow_val_change=True)
 
 
-def start_run(config: TrainConfig, name: str | None = None, job_type: str = "pipeline"):
+def start_run(config: TrainConfig, name: str | None = None, job_type: str = "pipeline", group: str | None = None):
     """Start (or reuse) the pipeline's W&B run; None when W&B is disabled or unavailable.
 
     Runs of one pipeline run (the flow's, and a distributed fit's) share the W&B group named
-    after the output dir."""
+    after the output dir; a sweep's trials share the group named after their study (``group``)."""
     mode = resolve_mode(config.wandb_mode)
     if mode == "disabled":
         return None
@@ -100,7 +100,7 @@ def start_run(config: TrainConfig, name: str | None = None, job_type: str = "pip
                     project=config.wandb_project,
                     entity=config.wandb_entity,
                     name=name or out.name,
-                    group=out.name,
+                    group=group or out.name,
                     job_type=job_type,
                     dir=str(out),
                     config=config.as_dict(),

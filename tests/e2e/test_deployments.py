@@ -50,7 +50,7 @@ from cifar_lit.config import TrainConfig
 DEPLOYMENTS = REPO / "deployments"
 PREFECT_YAML = DEPLOYMENTS / "prefect.yaml"
 GPU_DEPLOYMENTS = ("cifar10-nightly-k8s", "cifar10-nightly-docker")
-TRAIN_DEPLOYMENTS = (*GPU_DEPLOYMENTS, "cifar10-local")
+TRAIN_DEPLOYMENTS = (*GPU_DEPLOYMENTS, "cifar10-trials-k8s", "cifar10-local")
 STORAGE = "/mnt/cifar-lit"  # where both GPU templates mount the shared volume
 POOLS = {"gpu-kubernetes": "kubernetes", "gpu-docker": "docker", "local-process": "process"}
 TASKS = {"download", "split", "fit", "test", "export", "promote"}
@@ -186,7 +186,8 @@ def test_prefect_yaml_is_valid(monkeypatch):
     monkeypatch.chdir(REPO)  # entrypoints are relative to the repository root, as for `prefect deploy`
     spec = _spec()
     model = PrefectYamlModel.model_validate(spec)
-    assert [d.name for d in model.deployments] == [*TRAIN_DEPLOYMENTS, "batch-predict"]
+    assert [d.name for d in model.deployments] == [*GPU_DEPLOYMENTS, "cifar10-trials-k8s", "weekly-sweep",
+                                                   "cifar10-local", "batch-predict"]
     assert {d.work_pool.name for d in model.deployments} == set(POOLS)
     for deployment in model.deployments:
         # Every deployment records the commit it was deployed from (the build step's output).
@@ -213,6 +214,15 @@ def test_prefect_yaml_is_valid(monkeypatch):
         assert (limit.limit, limit.collision_strategy) == (1, ConcurrencyLimitStrategy.CANCEL_NEW)
     local = _deployment("cifar10-local")
     assert not any(s.get("active", True) for s in local["schedules"])
+    # The weekly sweep: off until turned on; its trials run on the trials deployment, whose runs
+    # are not cancelled by a nightly limit, with the nightly config and no password in sight.
+    sweep = _deployment("weekly-sweep")
+    assert [s["active"] for s in sweep["schedules"]] == [False]
+    flow = load_flow_from_entrypoint(sweep["entrypoint"])
+    params = flow.validate_parameters(sweep["parameters"])
+    assert params["config"] == TrainConfig(**_deployment(GPU_DEPLOYMENTS[0])["parameters"]["config"])
+    assert params["sweep"].deployment == "train/cifar10-trials-k8s" and ":" not in params["sweep"].storage.split("@")[0][13:]
+    assert "concurrency_limit" not in _deployment("cifar10-trials-k8s")
     assert TrainConfig(**local["parameters"]["config"]).accelerator == "cpu"
     # GPU runs clone the deployed commit (git_clone takes a branch or a commit, not both) and
     # install it; local runs use the checkout they were deployed from.
