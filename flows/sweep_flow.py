@@ -2,7 +2,7 @@
 
     python flows/sweep_flow.py --trials 20                       # CIFAR-10, lr/smoothing/decay around the recipe
     python flows/sweep_flow.py --trials 30 --space space.yaml --study lr-search --max-epochs 10
-    python flows/sweep_flow.py --trials 40 --deployment train/nightly-cifar10-gpu --concurrency 4
+    python flows/sweep_flow.py --trials 40 --deployment train/cifar10-trials-k8s --concurrency 4
     python flows/sweep_flow.py --help                            # the sweep's flags, then every training flag
 
 Each trial is a child flow run of the train flow (or a run of a train deployment on its work
@@ -222,9 +222,14 @@ def _ensure_limit(slots: int) -> None:
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(TRIAL_LIMIT)
+            limit = client.read_global_concurrency_limit_by_name(TRIAL_LIMIT).limit
         except ObjectNotFound:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=TRIAL_LIMIT, limit=slots))
+            return
+    if limit < slots:
+        get_run_logger().warning("at most %d trials run at once on this server (--concurrency %d): raise the limit "
+                                 "all sweeps share with: prefect gcl update %s --limit %d", limit, slots,
+                                 TRIAL_LIMIT, slots)
 
 
 def main(argv: list[str] | None = None, config: TrainConfig | None = None, sweep: SweepConfig | None = None,

@@ -223,6 +223,9 @@ def test_prefect_yaml_is_valid(monkeypatch):
     assert params["config"] == TrainConfig(**_deployment(GPU_DEPLOYMENTS[0])["parameters"]["config"])
     assert params["sweep"].deployment == "train/cifar10-trials-k8s" and ":" not in params["sweep"].storage.split("@")[0][13:]
     assert "concurrency_limit" not in _deployment("cifar10-trials-k8s")
+    for name in ("weekly-sweep", "cifar10-trials-k8s"):  # their pods can import Optuna
+        install = _deployment(name)["pull"][1]["prefect.deployments.steps.run_shell_script"]["script"]
+        assert install.startswith('pip install --quiet -e ".[sweep]"'), install
     assert TrainConfig(**local["parameters"]["config"]).accelerator == "cpu"
     # GPU runs clone the deployed commit (git_clone takes a branch or a commit, not both) and
     # install it; local runs use the checkout they were deployed from.
