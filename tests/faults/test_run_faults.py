@@ -52,10 +52,10 @@ def _wait_for_epoch(ckpt: Path, epoch: int, proc: subprocess.Popen, timeout: flo
 def test_a_killed_run_resumes_and_loses_at_most_one_epoch(make_config, tmp_path):
     # Validation on, and an lr so small that val_acc never improves: last.ckpt must still be
     # written after every epoch, not only when the best checkpoint is.
-    root = fakes.image_folder(tmp_path / "ds", per_class=100)
+    root = fakes.image_folder(tmp_path / "ds", per_class=40)
     out, epochs = tmp_path / "run", 10
     args = ["--recipe", "seed", "--dataset", "imagefolder", "--data-dir", str(root), "--val-size", "0.2",
-            "--lr", "1e-12", "--patience", "0", "--max-epochs", str(epochs), "--batch-size", "2", "--num-workers", "0",
+            "--lr", "1e-12", "--patience", "0", "--max-epochs", str(epochs), "--batch-size", "4", "--num-workers", "0",
             "--accelerator", "cpu", "--devices", "1", "--wandb-mode", "disabled", "--prediction-samples", "0",
             "--output-dir", str(out), "--runs-dir", str(tmp_path / "runs")]
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
@@ -75,7 +75,7 @@ def test_a_killed_run_resumes_and_loses_at_most_one_epoch(make_config, tmp_path)
     assert saved is not None and 1 <= saved < epochs - 1
 
     cfg = make_config(recipe="seed", dataset="imagefolder", data_dir=root, val_size=0.2, lr=1e-12, patience=0,
-                      max_epochs=epochs, batch_size=2, wandb_mode="disabled", prediction_samples=0, output_dir=out,
+                      max_epochs=epochs, batch_size=4, wandb_mode="disabled", prediction_samples=0, output_dir=out,
                       resume=True)
     state = train_flow(cfg, return_state=True)
     assert state.is_completed(), state.message

@@ -14,6 +14,7 @@ import wandb
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+import flows.train_flow as train_flow_module
 from cifar_lit.run import tracking
 from flows.train_flow import train_flow
 
@@ -24,6 +25,10 @@ def test_a_failed_wandb_upload_keeps_everything_local(make_config, monkeypatch, 
         raise ConnectionError("W&B storage unreachable")
 
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log_artifact", upload_fails)
+    # The export task as the flow has it, its three retries without the 2-8 s waits between them
+    # (what is checked is that they happen and what is kept, not how long they wait).
+    monkeypatch.setattr(train_flow_module, "export_checkpoint",
+                        train_flow_module.export_checkpoint.with_options(retry_delay_seconds=0, retry_jitter_factor=None))
     cfg = make_config(max_epochs=1, wandb_mode="offline", prediction_samples=0)
     state = train_flow(cfg, return_state=True)
     assert state.is_failed()
