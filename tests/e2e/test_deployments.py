@@ -367,34 +367,39 @@ def _artifacts(flow_run_id) -> list:
 
 
 @pytest.fixture(scope="module")
-def local_run(deployed, env, archives, tmp_path_factory):
-    """One run of cifar10-local on tiny CIFAR served from 127.0.0.1, by `prefect worker start
-    --run-once`. Module-scoped: the end-to-end and the browser tests look at the same run."""
-    tmp = tmp_path_factory.mktemp("local-run")
+def pool_runs(deployed, env, archives, tmp_path_factory) -> dict:
+    """Runs of cifar10-local on tiny CIFAR served from 127.0.0.1, all created at once and taken
+    by one `prefect worker start` (the pool runs one at a time): "local" (the end-to-end and the
+    browser tests look at it), "first" and "second" (the pool limit test; a registry each, as
+    with a shared one the later run finds its config in production and skips training, leaving
+    no overlap to check) and "bad" (a wrong checksum: the failure notification). Each value is
+    (final flow run, its config); "log" is the worker's log."""
+    tmp = tmp_path_factory.mktemp("pool-runs")
     server = fakes.FileServer({"/cifar10.tar.gz": archives["cifar10"]}).start()
     try:
-        config = TrainConfig(
-            data_dir=tmp / "data",
-            download_url=server.url("/cifar10.tar.gz"),
-            download_md5=fakes.md5(archives["cifar10"]),
-            val_size=40,
-            batch_size=16,
-            max_epochs=1,
-            num_workers=0,
-            accelerator="cpu",
-            devices=1,
-            prediction_samples=4,
-            wandb_mode="offline",
-            output_dir=tmp / "out",
-        )
-        run = _create_run(deployed["cifar10-local"], config)
+        def config(name: str, **changes) -> TrainConfig:
+            return TrainConfig(**{
+                "data_dir": tmp / "data", "download_url": server.url("/cifar10.tar.gz"),
+                "download_md5": fakes.md5(archives["cifar10"]), "val_size": 40, "batch_size": 16, "max_epochs": 1,
+                "num_workers": 0, "accelerator": "cpu", "devices": 1, "prediction_samples": 4,
+                "wandb_mode": "disabled", "output_dir": tmp / name, "registry_dir": tmp / f"registry-{name}",
+                **changes})
+
+        configs = {"local": config("local", wandb_mode="offline"), "first": config("first"),
+                   "second": config("second"), "bad": config("bad", download_md5="0" * 32, data_dir=tmp / "bad-data")}
+        created = {name: _create_run(deployed["cifar10-local"], c) for name, c in configs.items()}
         log = tmp / "worker.log"
-        with background(worker_args("local-process", run_once=True), log, env=env, cwd=tmp) as worker:
-            (run,) = _wait_for_final([run.id], worker, log)
-            worker.wait(60)  # --run-once returns once its run is done
-        return run, config, log
+        with background(worker_args("local-process"), log, env=env, cwd=tmp) as worker:
+            final = _wait_for_final([r.id for r in created.values()], worker, log, timeout=4 * RUN_TIMEOUT)
+        return {name: (run, configs[name]) for name, run in zip(created, final, strict=True)} | {"log": log}
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def local_run(pool_runs):
+    run, config = pool_runs["local"]
+    return run, config, pool_runs["log"]
 
 
 def test_setup_creates_the_pools_and_the_automation(deployed, webhook):
@@ -688,34 +693,20 @@ def test_flow_run_page_shows_tasks_and_artifacts_in_chromium(browser_paths, api,
 
 
 @pytest.mark.slow
-def test_pool_concurrency_limit_runs_one_training_at_a_time(deployed, env, make_config, tmp_path):
-    # local-process has a pool limit of 1 (see above): two runs created together must not
-    # overlap, whichever the worker picks first, and both run (queued, not cancelled).
-    # A registry each: with a shared one, the second run finds its config already in production
-    # and skips training (the flow's skip-if-unchanged), and there would be no overlap to check.
-    configs = [
-        make_config(max_epochs=1, wandb_mode="disabled", output_dir=tmp_path / f"run{i}", registry_dir=tmp_path / f"registry{i}")
-        for i in (1, 2)
-    ]
-    runs = [_create_run(deployed["cifar10-local"], config) for config in configs]
-    log = tmp_path / "worker.log"
-    with background(worker_args("local-process"), log, env=env, cwd=tmp_path) as worker:
-        runs = _wait_for_final([r.id for r in runs], worker, log, timeout=2 * RUN_TIMEOUT)
+def test_pool_concurrency_limit_runs_one_training_at_a_time(pool_runs):
+    # local-process has a pool limit of 1 (see above): runs created together must not overlap,
+    # whichever the worker picks first, and all run (queued, not cancelled).
+    runs = [pool_runs[name][0] for name in ("local", "first", "second")]
     assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
-    first, second = sorted(runs, key=lambda r: r.start_time)
-    assert first.end_time <= second.start_time
-    fit_first, fit_second = _task_runs(first.id)["fit"], _task_runs(second.id)["fit"]
-    assert fit_first.end_time <= fit_second.start_time
+    by_start = sorted(runs, key=lambda r: r.start_time)
+    for first, second in zip(by_start, by_start[1:]):
+        assert first.end_time <= second.start_time
+        assert _task_runs(first.id)["fit"].end_time <= _task_runs(second.id)["fit"].start_time
 
 
 @pytest.mark.slow
-def test_failed_run_sends_a_notification(deployed, env, webhook, make_config, tmp_path):
-    assert webhook.bodies == []  # the completed runs above notified no one
-    config = make_config(max_epochs=1, wandb_mode="disabled", download_md5="0" * 32)  # wrong checksum
-    run = _create_run(deployed["cifar10-local"], config)
-    log = tmp_path / "worker.log"
-    with background(worker_args("local-process", run_once=True), log, env=env, cwd=tmp_path) as worker:
-        (run,) = _wait_for_final([run.id], worker, log)
+def test_failed_run_sends_a_notification(pool_runs, webhook):
+    run, _ = pool_runs["bad"]
     assert run.state.is_failed()
     deadline = time.monotonic() + 120  # events reach the automation asynchronously
     while not webhook.bodies and time.monotonic() < deadline:
