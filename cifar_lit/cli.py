@@ -115,13 +115,13 @@ def _add_flag(section, model: type[BaseModel], name: str) -> None:
 
 
 def parse_config(argv: Sequence[str] | None = None, prog: str | None = None, model: type[BaseModel] = TrainConfig,
-                 extra: tuple[str, type[BaseModel], str] | None = None):
+                 extra: tuple[str, type[BaseModel], str, str] | None = None):
     """Flags to a validated config; exits 2 with one line on any bad flag or value. ``extra``:
-    (title, model, description) of a second model whose flags join the first's (the sweep's
+    (title, model, description, examples) of a second model whose flags join the first's (the sweep's
     settings beside the training flags): the result is then the pair of configs."""
     parser = build_parser(prog, model, (model.__doc__ or "").strip().splitlines()[0] if model is not TrainConfig else None)
     if extra is not None:
-        parser.description = extra[2]
+        parser.description, parser.epilog = extra[2], extra[3]
         section = parser.add_argument_group(extra[0])
         for name in extra[1].model_fields:
             _add_flag(section, extra[1], name)

@@ -3,7 +3,7 @@
     python flows/sweep_flow.py --trials 20                       # CIFAR-10, lr/smoothing/decay around the recipe
     python flows/sweep_flow.py --trials 30 --space space.yaml --study lr-search --max-epochs 10
     python flows/sweep_flow.py --trials 40 --deployment train/cifar10-trials-k8s --concurrency 4
-    python flows/sweep_flow.py --help                            # the sweep's flags, then every training flag
+    python flows/sweep_flow.py --help                            # every training flag, then the sweep's
 
 Each trial is a child flow run of the train flow (or a run of a train deployment on its work
 pool) named ``<study>-trial-NNNN``, with its own output dir, summary and W&B run (grouped by
@@ -24,13 +24,15 @@ from pathlib import Path
 from flows.command import check_install, check_prefect, prefect_defaults, program, run_or_exit
 
 PROG = program("sweep_flow.py")
+# --help's first line and its examples: the docstring's.
+ABOUT = (__doc__.splitlines()[0], "examples:\n" + "\n".join(line for line in __doc__.splitlines() if "python flows/" in line))
 prefect_defaults()
 if __name__ == "__main__":  # --help and flag errors answer here, before the heavy imports below
     from cifar_lit.cli import parse_config
     from cifar_lit.tuning.study import SweepConfig
     from flows.temporary_api import TemporaryAPI
 
-    CLI_CONFIG, CLI_SWEEP = parse_config(sys.argv[1:], prog=PROG, extra=("sweep", SweepConfig, __doc__.splitlines()[0]))
+    CLI_CONFIG, CLI_SWEEP = parse_config(sys.argv[1:], prog=PROG, extra=("sweep", SweepConfig, *ABOUT))
     check_prefect(PROG)
     API = TemporaryAPI(preload=("wandb",) if CLI_CONFIG.wandb_mode != "disabled" else ())
     check_install(PROG)
@@ -103,7 +105,7 @@ class Objective:
                                      flow_run_name=run_name, timeout=None)
                 state = run.state
             else:
-                state = train_flow.with_options(flow_run_name=run_name)(config, trial=ref, return_state=True)
+                state = train_flow(config, trial=ref, return_state=True)  # named run_name (see its _run_name)
         if state is None or not state.is_completed():
             message = (state.message if state else None) or "the run did not finish"
             trial.set_user_attr("error", message.splitlines()[0][:300])
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None, config: TrainConfig | None = None, sweep
     from cifar_lit.errors import UserError
 
     if config is None or sweep is None:
-        config, sweep = parse_config(argv, prog=PROG, extra=("sweep", SweepConfig, __doc__.splitlines()[0]))
+        config, sweep = parse_config(argv, prog=PROG, extra=("sweep", SweepConfig, *ABOUT))
     try:  # a bad space or --val-size 0: one line before any server or flow run
         prepare(config, sweep)
     except UserError as e:

@@ -61,6 +61,7 @@ class OfflineRun:
     history: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     artifacts: list[pb.ArtifactRecord] = field(default_factory=list)
+    group: str = ""
 
     @classmethod
     def load(cls, run_dir: Path) -> OfflineRun:
@@ -70,6 +71,7 @@ class OfflineRun:
             kind = rec.WhichOneof("record_type")
             if kind == "run":
                 run.config = _items(rec.run.config.update)
+                run.group = rec.run.run_group
             elif kind == "config":
                 run.config.update(_items(rec.config.update))
             elif kind == "history":

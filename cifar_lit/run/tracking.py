@@ -56,6 +56,19 @@ def api_key_available() -> bool:
 INIT_TIMEOUT = 15.0
 
 
+def _unreachable(base_url: str, timeout: float = 3.0) -> str | None:
+    """Why the W&B server at ``base_url`` cannot be reached (refused, no route, no answer in
+    ``timeout`` s), or None: any HTTP answer counts as reachable. A server that is not there
+    costs these seconds, not the online start's whole timeout."""
+    import requests
+
+    try:
+        requests.head(base_url, timeout=timeout, allow_redirects=False)
+    except requests.RequestException as e:
+        return f"{base_url} unreachable ({type(e).__name__})"
+    return None
+
+
 def resolve_mode(requested: str) -> str:
     if requested == "auto":
         return "online" if api_key_available() else "offline"
@@ -93,7 +106,10 @@ def start_run(config: TrainConfig, name: str | None = None, job_type: str = "pip
     # W&B reads its environment once per process; read the timeout per run so it always applies.
     timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT)
     settings: dict[str, Any] = {"console": "off", "quiet": True, "init_timeout": timeout}
-    for attempt in [mode] + (["offline"] if mode == "online" else []):
+    unreachable = _unreachable(wandb.Settings().base_url) if mode == "online" else None
+    if unreachable:
+        log.warning("W&B: %s; logging offline", unreachable)
+    for attempt in ([mode] if not unreachable else []) + (["offline"] if mode == "online" else []):
         try:
             with _public_argv():
                 run = wandb.init(

@@ -3,7 +3,7 @@ and its picture.
 
 A study counts as done when it holds ``trials`` ended trials: complete, pruned or failed (a
 crashed trial is recorded and the sweep goes on). A trial whose sweep was killed stops sending
-heartbeats; the next sweep on the study marks it failed and Optuna's ``RetryFailedTrialCallback``
+heartbeats; the next sweep on the study marks it failed and Optuna's ``RetryHeartbeatStaleTrialCallback``
 queues a copy with the same parameters, which that sweep runs first: nothing is lost and no
 ended trial runs twice.
 """
@@ -90,12 +90,12 @@ def open_study(url: str, name: str, sampler: str, pruner: Pruner, seed: int) -> 
     """Create the study, or load it to go on. The sampler's seed moves on with the trials already
     there, so a resumed random search does not propose its first trials again."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     heartbeat = max(1, int(env_seconds(HEARTBEAT_ENV, 10.0)))
     try:
         storage = RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                             heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
         done = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)) \
             if name in optuna.get_all_study_names(storage) else 0
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's and Optuna's errors, as one line
@@ -123,12 +123,12 @@ def quiet_experimental() -> Iterator[None]:
 
 def counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state; ``ended``: complete, pruned and failed, less failed ones a retry replaced."""
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     with quiet_experimental():
-        retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+        retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
     by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     ended = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
                 (t.state == TrialState.FAIL and t.number not in retried) for t in trials)

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import fakes
 import kubernetes_validate
+import optuna
 import pytest
 import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
@@ -46,6 +47,8 @@ from prefect_processes import (
 )
 
 from cifar_lit.config import TrainConfig
+from cifar_lit.tuning.study import SweepConfig
+from flows.sweep_flow import sweep_flow
 
 DEPLOYMENTS = REPO / "deployments"
 PREFECT_YAML = DEPLOYMENTS / "prefect.yaml"
@@ -715,3 +718,36 @@ def test_failed_run_sends_a_notification(pool_runs, webhook):
     text = body["text"]
     assert text.startswith(f"Training run {run.name} Failed\ncifar10-local: flow run {run.name} ended Failed.")
     assert "checksum mismatch" in text and text.endswith(f"/runs/flow-run/{run.id}")
+
+
+def test_a_sweep_runs_its_trials_as_runs_of_a_train_deployment(deployed, env, archives, tmp_path):
+    """--deployment: each trial is a run of the train deployment on its work pool (the path the
+    weekly sweep takes), reporting to the study from the worker's process and linked to the
+    sweep's flow run; the best one then goes through the gate as in-process trials do."""
+    server = fakes.FileServer({"/cifar10.tar.gz": archives["cifar10"]}).start()
+    (tmp_path / "space.json").write_text(json.dumps({"lr": {"low": 0.005, "high": 0.05, "log": True}}))
+    config = TrainConfig(data_dir=tmp_path / "data", download_url=server.url("/cifar10.tar.gz"),
+                         download_md5=fakes.md5(archives["cifar10"]), val_size=40, batch_size=16, max_epochs=2,
+                         num_workers=0, accelerator="cpu", devices=1, wandb_mode="disabled",
+                         output_dir=tmp_path / "sweep", runs_dir=tmp_path / "runs")
+    sweep = SweepConfig(trials=2, study="d", storage=f"sqlite:///{tmp_path / 'study.db'}", space=tmp_path / "space.json",
+                        pruner="none", sampler="random", deployment="train/cifar10-local")
+    log = tmp_path / "worker.log"
+    try:
+        with background(worker_args("local-process"), log, env=env, cwd=tmp_path):
+            state = sweep_flow(config, sweep, return_state=True)
+    finally:
+        server.stop()
+    assert state.is_completed(), f"{state.message}\n{tail(log)}"
+    study = optuna.load_study(study_name="d", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=filters.FlowRunFilter(
+            name=filters.FlowRunFilterName(any_=["d-trial-0000", "d-trial-0001"])))
+    assert len(runs) == 2 and {r.deployment_id for r in runs} == {deployed["cifar10-local"].id}
+    assert all(r.parent_task_run_id is not None for r in runs)  # children of the sweep's run
+    for trial in study.trials:
+        summary = json.loads((tmp_path / "sweep" / "trials" / f"trial-{trial.number:04d}" / "summary.json").read_text())
+        assert summary["config"]["lr"] == pytest.approx(trial.params["lr"]) and summary["trial"]["number"] == trial.number
+    result = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert result["best"]["trial"] == study.best_trial.number and result["promotion"]["promoted"] is True

@@ -17,12 +17,13 @@ from pathlib import Path
 import fakes
 import optuna
 import pytest
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
 from prefect.concurrency.sync import concurrency
 from prefect_processes import seeded_home
+from wandb_files import OfflineRun, offline_run_dirs
 
 from cifar_lit.config import TrainConfig
 from cifar_lit.lifecycle.registry import Registry
@@ -37,9 +38,9 @@ def _study(tmp_path, name="s"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'study.db'}")
 
 
-def _sweep(make_config, tmp_path, space: dict, **settings):
+def _sweep(make_config, tmp_path, space: dict, wandb_mode="disabled", **settings):
     (tmp_path / "space.json").write_text(json.dumps(space))
-    config = make_config(output_dir=tmp_path / "sweep", wandb_mode="disabled")
+    config = make_config(output_dir=tmp_path / "sweep", wandb_mode=wandb_mode)
     sweep = SweepConfig(study="s", storage=f"sqlite:///{tmp_path / 'study.db'}", space=tmp_path / "space.json",
                         sampler="random", **settings)
     return sweep_flow(config, sweep, return_state=True)
@@ -47,7 +48,7 @@ def _sweep(make_config, tmp_path, space: dict, **settings):
 
 def test_a_sweep_runs_its_trials_then_only_the_missing_ones_and_gates_the_best(make_config, tmp_path):
     space = {"lr": {"low": 0.005, "high": 0.05, "log": True}, "label_smoothing": [0.0, 0.1]}
-    state = _sweep(make_config, tmp_path, space, trials=3, pruner="none")
+    state = _sweep(make_config, tmp_path, space, trials=3, pruner="none", wandb_mode="offline")
     assert state.is_completed(), state.message
     study = _study(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
@@ -61,6 +62,9 @@ def test_a_sweep_runs_its_trials_then_only_the_missing_ones_and_gates_the_best(m
         assert float(row["lr"]) == pytest.approx(trial.params["lr"]) == pytest.approx(summary["config"]["lr"])
         assert summary["pruned"] is False and summary["trial"]["number"] == trial.number
         assert "sends its best trial" in summary["promotion"]["reason"]  # no trial promotes itself
+        (run_dir,) = offline_run_dirs(sweep_dir / "trials" / f"trial-{trial.number:04d}")
+        wandb_run = OfflineRun.load(run_dir)  # one W&B run per trial, grouped by study
+        assert wandb_run.group == "s" and wandb_run.config["lr"] == pytest.approx(trial.params["lr"])
     assert (sweep_dir / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The best trial: its values replay from the sweep's config.json, and its model went through
     # the gate into the registry (the first model of its name: promoted).
@@ -74,7 +78,14 @@ def test_a_sweep_runs_its_trials_then_only_the_missing_ones_and_gates_the_best(m
     with get_client(sync_client=True) as client:
         names = {r.name for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
             name=FlowRunFilterName(like_="s-trial-")))}
+        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["s-trials", "s-history", "s-best"])))}
     assert names == {"s-trial-0000", "s-trial-0001", "s-trial-0002"}
+    table = artifacts["s-trials"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert [row["trial"] for row in table] == [0, 1, 2] and artifacts["s-history"].type == "image"
+    assert artifacts["s-history"].data == (sweep_dir / "history.png").resolve().as_uri()
+    assert f"trial {best.number}" in artifacts["s-best"].data
 
     # Again with 5: exactly the two missing trials run.
     state = _sweep(make_config, tmp_path, space, trials=5, pruner="none")
@@ -206,7 +217,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path, mo
     first, *others = _study(tmp_path, "k").trials
     assert first.state == TrialState.FAIL and [t.state for t in others] == [TrialState.COMPLETE] * 2
     # Which of the two ran first depends on when the killed trial turned stale.
-    retry, new = sorted(others, key=lambda t: RetryFailedTrialCallback.retried_trial_number(t) is None)
-    assert retry.params == first.params and RetryFailedTrialCallback.retried_trial_number(retry) == 0
-    assert new.params != first.params and RetryFailedTrialCallback.retried_trial_number(new) is None
+    retry, new = sorted(others, key=lambda t: RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None)
+    assert retry.params == first.params and RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
+    assert new.params != first.params and RetryHeartbeatStaleTrialCallback.retried_trial_number(new) is None
     assert len(list(csv.DictReader((tmp_path / "sweep" / "trials.csv").open()))) == 3

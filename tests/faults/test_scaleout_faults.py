@@ -62,7 +62,7 @@ def test_two_nodes_train_like_one_node_with_two_devices(make_config, tmp_path, m
 
 
 def test_a_node_that_never_arrives_fails_in_one_line_after_the_timeout(make_config, tmp_path):
-    cfg = make_config(accelerator="cpu", strategy="ddp", devices=1, num_nodes=2, node_timeout=10, max_epochs=1,
+    cfg = make_config(accelerator="cpu", strategy="ddp", devices=1, num_nodes=2, node_timeout=5, max_epochs=1,
                       wandb_mode="disabled", prediction_samples=0, output_dir=tmp_path / "alone")
     ImageDataModule.from_config(cfg).setup("fit")
     t0 = time.monotonic()
@@ -71,5 +71,5 @@ def test_a_node_that_never_arrives_fails_in_one_line_after_the_timeout(make_conf
     took = time.monotonic() - t0
     assert node.returncode == 1 and took < 120, output[-3000:]
     lines = [line for line in output.splitlines() if line.startswith("num_nodes:")]
-    assert len(lines) == 1 and "not every process joined 127.0.0.1:" in lines[0] and "--node-timeout 10 s" in lines[0]
+    assert len(lines) == 1 and "not every process joined 127.0.0.1:" in lines[0] and "--node-timeout 5 s" in lines[0]
     assert "Traceback" not in output
