@@ -47,8 +47,6 @@ from prefect_processes import (
 )
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.tuning.study import SweepConfig
-from flows.sweep_flow import sweep_flow
 
 DEPLOYMENTS = REPO / "deployments"
 PREFECT_YAML = DEPLOYMENTS / "prefect.yaml"
@@ -726,19 +724,20 @@ def test_a_sweep_runs_its_trials_as_runs_of_a_train_deployment(deployed, env, ar
     sweep's flow run; the best one then goes through the gate as in-process trials do."""
     server = fakes.FileServer({"/cifar10.tar.gz": archives["cifar10"]}).start()
     (tmp_path / "space.json").write_text(json.dumps({"lr": {"low": 0.005, "high": 0.05, "log": True}}))
-    config = TrainConfig(data_dir=tmp_path / "data", download_url=server.url("/cifar10.tar.gz"),
-                         download_md5=fakes.md5(archives["cifar10"]), val_size=40, batch_size=16, max_epochs=2,
-                         num_workers=0, accelerator="cpu", devices=1, wandb_mode="disabled",
-                         output_dir=tmp_path / "sweep", runs_dir=tmp_path / "runs")
-    sweep = SweepConfig(trials=2, study="d", storage=f"sqlite:///{tmp_path / 'study.db'}", space=tmp_path / "space.json",
-                        pruner="none", sampler="random", deployment="train/cifar10-local")
+    # From the command line, as a user starts it, against this module's server.
+    args = [sys.executable, "flows/sweep_flow.py", "--trials", "2", "--study", "d", "--storage",
+            f"sqlite:///{tmp_path / 'study.db'}", "--space", str(tmp_path / "space.json"), "--pruner", "none",
+            "--sampler", "random", "--deployment", "train/cifar10-local", "--data-dir", str(tmp_path / "data"),
+            "--download-url", server.url("/cifar10.tar.gz"), "--download-md5", fakes.md5(archives["cifar10"]),
+            "--val-size", "40", "--batch-size", "16", "--max-epochs", "2", "--num-workers", "0", "--accelerator",
+            "cpu", "--devices", "1", "--wandb-mode", "disabled", "--output-dir", str(tmp_path / "sweep"),
+            "--runs-dir", str(tmp_path / "runs")]
     log = tmp_path / "worker.log"
     try:
         with background(worker_args("local-process"), log, env=env, cwd=tmp_path):
-            state = sweep_flow(config, sweep, return_state=True)
+            run_cli(args, env, timeout=RUN_TIMEOUT)
     finally:
         server.stop()
-    assert state.is_completed(), f"{state.message}\n{tail(log)}"
     study = optuna.load_study(study_name="d", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     with get_client(sync_client=True) as client:

@@ -190,7 +190,10 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path, mo
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            trials = _study(tmp_path, "k").trials if (tmp_path / "study.db").exists() else []
+            try:
+                trials = _study(tmp_path, "k").trials
+            except KeyError:  # the database file is there before the study is
+                trials = []
             if trials and trials[0].intermediate_values:
                 break
             time.sleep(0.5)
