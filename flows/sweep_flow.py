@@ -96,7 +96,7 @@ class Objective:
         trial.set_user_attr("output_dir", str(out))
         config = self.base.model_copy(update={**values, "output_dir": out, "force": True, "resume": False})
         ref = TrialRef(storage=self.url, study=self.name, number=trial.number, pruner=self.sweep.pruner)
-        run_name = f"{self.name}-trial-{trial.number:04d}"
+        run_name = ref.run_name
         # Held while the trial trains, wherever it runs; renewed while held, so a killed sweep's
         # slot is free again a minute later (the shortest lease Prefect's server grants).
         with concurrency(TRIAL_LIMIT, occupy=1, lease_duration=60):
@@ -105,7 +105,7 @@ class Objective:
                                      flow_run_name=run_name, timeout=None)
                 state = run.state
             else:
-                state = train_flow(config, trial=ref, return_state=True)  # named run_name (see its _run_name)
+                state = train_flow(config, trial=ref, return_state=True)  # the flow names its run ref.run_name
         if state is None or not state.is_completed():
             message = (state.message if state else None) or "the run did not finish"
             trial.set_user_attr("error", message.splitlines()[0][:300])

@@ -58,8 +58,7 @@ from tasks import download_data, evaluate_model, export_checkpoint, fit_model, p
 def _run_name() -> str:
     trial = flow_run.parameters.get("trial")
     if trial:  # a sweep's trial, in its process or as a deployment's run: named in the study
-        trial = TrialRef(**trial) if isinstance(trial, dict) else trial
-        return f"{trial.study}-trial-{trial.number:04d}"
+        return (TrialRef(**trial) if isinstance(trial, dict) else trial).run_name
     config = flow_run.parameters.get("config") or TrainConfig()
     if isinstance(config, dict):
         config = TrainConfig(**config)

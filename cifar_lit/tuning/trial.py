@@ -62,6 +62,11 @@ class TrialRef(BaseModel):
         # deployment's workers take theirs from the environment, e.g. PGPASSWORD).
         return without_password(v)
 
+    @property
+    def run_name(self) -> str:
+        """The trial's flow-run name, wherever it runs: ``<study>-trial-NNNN``."""
+        return f"{self.study}-trial-{self.number:04d}"
+
     def open(self) -> optuna.Trial:
         """The live trial, to report to (it must be running: its sweep asked for it)."""
         import optuna
