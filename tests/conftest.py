@@ -26,10 +26,22 @@ os.environ.pop("WANDB_MODE", None)
 os.environ["WANDB_SILENT"] = "true"
 os.environ["NETRC"] = str(_STATE / "netrc")  # no stored W&B login
 os.environ["CIFAR_LIT_CACHE"] = str(_STATE / "cifar_lit")  # the machine probe's cache (cifar_lit.machine.probe)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core: torch's default of a thread per core in every worker (and in every
+    # process a test starts) would put two spinning thread pools on each core, which took the
+    # suite's CPU time up by half instead of its wall time down.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import fakes  # noqa: E402
 
 from cifar_lit.config import TrainConfig  # noqa: E402
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject.toml): a worker per core this process may use, at most 4. Each
+    worker starts its own Prefect test server and trains its own tiny model; past four workers
+    those fixed costs and the longest file (the deployment tests) outweigh the split."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture(scope="session")

@@ -371,7 +371,7 @@ def _artifacts(flow_run_id) -> list:
 def pool_runs(deployed, env, archives, tmp_path_factory) -> dict:
     """Runs of cifar10-local on tiny CIFAR served from 127.0.0.1, all created at once and taken
     by one `prefect worker start` (the pool runs one at a time): "local" (the end-to-end and the
-    browser tests look at it), "first" and "second" (the pool limit test; a registry each, as
+    browser tests look at it), "first" (with "local", the pool limit test; a registry each, as
     with a shared one the later run finds its config in production and skips training, leaving
     no overlap to check) and "bad" (a wrong checksum: the failure notification). Each value is
     (final flow run, its config); "log" is the worker's log."""
@@ -386,8 +386,7 @@ def pool_runs(deployed, env, archives, tmp_path_factory) -> dict:
                 "wandb_mode": "disabled", "output_dir": tmp / name, "registry_dir": tmp / f"registry-{name}",
                 **changes})
 
-        configs = {"local": config("local", wandb_mode="offline"), "first": config("first"),
-                   "second": config("second"), "bad": config("bad", download_md5="0" * 32, data_dir=tmp / "bad-data")}
+        configs = {"local": config("local", wandb_mode="offline"), "first": config("first"), "bad": config("bad", download_md5="0" * 32, data_dir=tmp / "bad-data")}
         created = {name: _create_run(deployed["cifar10-local"], c) for name, c in configs.items()}
         log = tmp / "worker.log"
         with background(worker_args("local-process"), log, env=env, cwd=tmp) as worker:
@@ -697,7 +696,7 @@ def test_flow_run_page_shows_tasks_and_artifacts_in_chromium(browser_paths, api,
 def test_pool_concurrency_limit_runs_one_training_at_a_time(pool_runs):
     # local-process has a pool limit of 1 (see above): runs created together must not overlap,
     # whichever the worker picks first, and all run (queued, not cancelled).
-    runs = [pool_runs[name][0] for name in ("local", "first", "second")]
+    runs = [pool_runs[name][0] for name in ("local", "first")]
     assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
     by_start = sorted(runs, key=lambda r: r.start_time)
     for first, second in zip(by_start, by_start[1:]):
@@ -725,7 +724,7 @@ def test_a_sweep_runs_its_trials_as_runs_of_a_train_deployment(deployed, env, ar
     server = fakes.FileServer({"/cifar10.tar.gz": archives["cifar10"]}).start()
     (tmp_path / "space.json").write_text(json.dumps({"lr": {"low": 0.005, "high": 0.05, "log": True}}))
     # From the command line, as a user starts it, against this module's server.
-    args = [sys.executable, "flows/sweep_flow.py", "--trials", "2", "--study", "d", "--storage",
+    args = [sys.executable, "flows/sweep_flow.py", "--trials", "1", "--study", "d", "--storage",
             f"sqlite:///{tmp_path / 'study.db'}", "--space", str(tmp_path / "space.json"), "--pruner", "none",
             "--sampler", "random", "--deployment", "train/cifar10-local", "--data-dir", str(tmp_path / "data"),
             "--download-url", server.url("/cifar10.tar.gz"), "--download-md5", fakes.md5(archives["cifar10"]),
@@ -739,11 +738,11 @@ def test_a_sweep_runs_its_trials_as_runs_of_a_train_deployment(deployed, env, ar
     finally:
         server.stop()
     study = optuna.load_study(study_name="d", storage=f"sqlite:///{tmp_path / 'study.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=filters.FlowRunFilter(
-            name=filters.FlowRunFilterName(any_=["d-trial-0000", "d-trial-0001"])))
-    assert len(runs) == 2 and {r.deployment_id for r in runs} == {deployed["cifar10-local"].id}
+            name=filters.FlowRunFilterName(any_=["d-trial-0000"])))
+    assert len(runs) == 1 and {r.deployment_id for r in runs} == {deployed["cifar10-local"].id}
     assert all(r.parent_task_run_id is not None for r in runs)  # children of the sweep's run
     for trial in study.trials:
         summary = json.loads((tmp_path / "sweep" / "trials" / f"trial-{trial.number:04d}" / "summary.json").read_text())

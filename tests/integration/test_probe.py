@@ -46,6 +46,7 @@ def test_the_fastest_candidate_is_chosen_and_cached_per_machine(monkeypatch, tmp
         return 100.0 * (10 if choice.channels_last else 1)
 
     monkeypatch.setattr(probe, "images_per_second", timing)
+    _quiet(monkeypatch)  # ... and quiet: the suite's other worker must not make it "beside other work"
     config = _config()
     assert probe.wants_probe(config) == ["precision", "channels_last", "threads"]
     found = probe.probe(config, num_classes=10)
@@ -181,6 +182,15 @@ def test_a_fit_forced_to_bf16_trains_and_tests_in_bf16(make_config, monkeypatch,
     assert tested.metrics["test_acc"] > 0.2
 
 
+def _quiet(monkeypatch) -> None:
+    """A machine that other processes leave alone, whatever else runs (the suite's other worker)."""
+    class Quiet(probe.OthersLoad):
+        def __exit__(self, *exc) -> None:
+            self.share = 0.0
+
+    monkeypatch.setattr(probe, "OthersLoad", Quiet)
+
+
 def _steady(monkeypatch, rates=lambda choice, n: 100.0, seconds: float = 0.0, quiet: bool = True) -> list:
     """Fake timings (``rates(choice, n)`` for the n-th timing) that take ``seconds`` each; with
     ``quiet``, on a machine that other processes leave alone (with fake timings of no duration,
@@ -188,11 +198,7 @@ def _steady(monkeypatch, rates=lambda choice, n: 100.0, seconds: float = 0.0, qu
     would read as a busy machine and keep the choice out of the cache)."""
     timed = []
     if quiet:
-        class Quiet(probe.OthersLoad):
-            def __exit__(self, *exc) -> None:
-                self.share = 0.0
-
-        monkeypatch.setattr(probe, "OthersLoad", Quiet)
+        _quiet(monkeypatch)
 
     def timing(step, choice, batch, device):
         timed.append(choice)
