@@ -43,7 +43,7 @@ from cifar_lit.data.formats import on_disk
 from cifar_lit.data.split import Split, data_counts, split_file_path, stage_split
 from cifar_lit.files.atomic import write_json_atomic
 from cifar_lit.lifecycle.export import model_dir
-from cifar_lit.lifecycle.model_file import MODEL_FILE, TORCHSCRIPT_FILE
+from cifar_lit.lifecycle.model_file import MODEL_FILE, ONNX_FILE, PROGRAM_FILE, contract, read_model
 from cifar_lit.lifecycle.promote import card, unchanged
 from cifar_lit.machine.checks import MachineError, check_machine
 from cifar_lit.recipes.plan import DataSize, plan, recipe_summary, resolve
@@ -142,6 +142,8 @@ def _train(config: TrainConfig, trial: TrialRef | None = None) -> dict:
             config, Path(fitted["best_checkpoint"]), tested["metrics"], fingerprint, staged, return_state=True
         )
         exported, export_error = _exported(config, export_state)
+        # What a caller of model.pt2 / model.onnx (or of the server) sends and gets back.
+        model_card["contract"] = contract(read_model(Path(exported["files"]["model"])))
         if trial is None:
             promotion = promote_model(config, exported["files"], staged, model_card, _artifact_key(config, "promotion"),
                                       exported.get("path"))
@@ -180,7 +182,8 @@ def _exported(config: TrainConfig, state) -> tuple[dict, str | None]:
     first), a local-only result and a one-line message with the command that uploads later."""
     if not state.is_failed():
         return state.result(), None
-    files = {"model": model_dir(config) / MODEL_FILE, "torchscript": model_dir(config) / TORCHSCRIPT_FILE}
+    files = {"model": model_dir(config) / MODEL_FILE, "program": model_dir(config) / PROGRAM_FILE,
+             "onnx": model_dir(config) / ONNX_FILE}
     error = state.message or "failed"
     try:
         state.result()

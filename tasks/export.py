@@ -22,5 +22,5 @@ from cifar_lit.lifecycle.export import export_model
 def export_checkpoint(
     config: TrainConfig, checkpoint: Path, test_metrics: dict, data_fingerprint: str, split_file: Path | None = None
 ) -> dict:
-    """model.pt + model.torchscript.pt in <output_dir>/model, and the W&B artifact (alias latest)."""
+    """model.pt, model.pt2 and model.onnx in <output_dir>/model, and the W&B artifact (alias latest)."""
     return export_model(config, checkpoint, test_metrics, data_fingerprint, split_file)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_lit.config import TrainConfig
-from cifar_lit.lifecycle.model_file import package, read_model
+from cifar_lit.lifecycle.model_file import contract, package, read_model
 from cifar_lit.run.provenance import code_version, git_commit
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,9 @@ def model_dir(config: TrainConfig) -> Path:
 
 
 def package_model(config: TrainConfig, checkpoint: Path) -> dict[str, str]:
-    """``model.pt`` and ``model.torchscript.pt`` for ``checkpoint`` under ``<output_dir>/model``,
-    at the image size the checkpoint was trained at (the TorchScript model is checked on an
-    example batch of that size)."""
+    """``model.pt``, ``model.pt2`` and ``model.onnx`` for ``checkpoint`` under ``<output_dir>/model``,
+    at the image size the checkpoint was trained at (the exported programs are checked against
+    the network on an example batch of that size)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"best_checkpoint: {checkpoint} does not exist")
@@ -45,8 +45,10 @@ def export_model(
 ) -> dict[str, Any]:
     """Package ``checkpoint`` and log it to the active W&B run (no W&B: ``logged=False``)."""
     files = package_model(config, checkpoint)
+    doc = read_model(Path(files["model"]))
     metadata = {
-        "image_size": read_model(Path(files["model"]))["image_size"],  # the side of the images it takes
+        "image_size": doc["image_size"],  # the side of the images it takes
+        "contract": contract(doc),  # what model.pt2 and model.onnx take and give
         "test_metrics": test_metrics,
         "config": config.as_dict(),
         "data_fingerprint": data_fingerprint,

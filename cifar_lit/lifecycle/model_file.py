@@ -1,18 +1,27 @@
 """The self-contained model: everything inference needs, in files that load on their own.
 
-``package(checkpoint, dest)`` writes two files from a training checkpoint:
+``package(checkpoint, dest)`` writes three files from a training checkpoint:
 
 - ``model.pt``: a plain dict (``torch.load(..., weights_only=True)`` reads it; no pickled code)
   with the network's name and constructor arguments, its weights, the class names, the input
   size (``image_size``: the side of the square images it was trained on), the training images'
   normalisation, the test-time augmentation and the run's config. ``load_model`` rebuilds the
   network from it with this package installed.
-- ``model.torchscript.pt``: the same network with normalisation and test-time augmentation
-  inside, for plain ``torch`` without this package::
+- ``model.pt2``: a ``torch.export`` program of the same network with normalisation and
+  test-time augmentation inside, for plain ``torch`` without this package::
 
-      net = torch.jit.load("model.torchscript.pt")   # float images in [0, 1], N x 3 x S x S
-      probs = net(images).softmax(1)                  # classes: net.classes (a list of str)
-      S = net.image_size                              # prepare images as cifar_lit.lifecycle.predict does
+      program = torch.export.load("model.pt2", extra_files=extra := {"model.json": ""})
+      net = program.module()                          # float images in [0, 1], N x 3 x S x S
+      probs = net(images).softmax(1)                  # classes, S: json.loads(extra["model.json"])
+
+- ``model.onnx``: the same program for ONNX runtimes (``onnxruntime`` here); input ``images``
+  (N x 3 x S x S, float in [0, 1], any N), output ``logits``; the class names and the input
+  contract are in its metadata (``model.json``).
+
+Both are checked at export on a batch of another size than the one they were traced with: they
+must give the network's top-1 and its logits within 1e-4, or the export fails. Versions made
+before ``model.pt2`` and ``model.onnx`` hold ``model.torchscript.pt`` and stay loadable: every
+load here goes through ``model.pt``.
 
 Every load goes through ``torch.load(weights_only=True)``: a crafted file cannot run code, and a
 corrupt or foreign file is one ``ModelFileError`` line naming the file.
@@ -20,8 +29,8 @@ corrupt or foreign file is one ``ModelFileError`` line naming the file.
 
 from __future__ import annotations
 
+import json
 import pickle
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +44,9 @@ from cifar_lit.errors import UserError
 from cifar_lit.files.atomic import save_atomic
 
 FORMAT = "cifar_lit.model/1"
-MODEL_FILE, TORCHSCRIPT_FILE = "model.pt", "model.torchscript.pt"
+MODEL_FILE, PROGRAM_FILE, ONNX_FILE = "model.pt", "model.pt2", "model.onnx"
+TORCHSCRIPT_FILE = "model.torchscript.pt"  # what versions made before model.pt2 hold
+PARITY = 1e-4  # the exported programs' largest allowed difference from the network's logits
 
 
 class ModelFileError(UserError, ValueError):
@@ -174,33 +185,82 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     return LoadedModel(module, list(doc["classes"]), int(doc["image_size"]), info)
 
 
+def contract(doc: dict) -> dict[str, Any]:
+    """What a caller of ``model.pt2`` or ``model.onnx`` must send and gets back: written into
+    both files and into the registry's card."""
+    size = int(doc["image_size"])
+    return {
+        "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32", "range": [0, 1],
+                  "channels": "RGB", "prepare": f"8-bit RGB; the shorter side resized to {size}, the centre "
+                                                f"{size}x{size} cropped (cifar_lit.data.images.load_rgb)"},
+        "output": {"name": "logits", "shape": ["batch", len(doc["classes"])],
+                   "meaning": "logits averaged over the test-time views; softmax gives probabilities"},
+        "classes": list(doc["classes"]),
+        "image_size": size,
+        "inside": {"normalisation": {"mean": list(doc["mean"]), "std": list(doc["std"])}, "tta": int(doc["tta"])},
+    }
+
+
 def package(checkpoint: Path, dest: Path) -> dict[str, Path]:
-    """Write ``model.pt`` and ``model.torchscript.pt`` for ``checkpoint`` into ``dest``."""
+    """Write ``model.pt``, ``model.pt2`` and ``model.onnx`` for ``checkpoint`` into ``dest``."""
     checkpoint, dest = Path(checkpoint), Path(dest)
     doc = from_checkpoint(safe_load(checkpoint, "checkpoint"), checkpoint)
     dest.mkdir(parents=True, exist_ok=True)
-    files = {"model": dest / MODEL_FILE, "torchscript": dest / TORCHSCRIPT_FILE}
+    files = {"model": dest / MODEL_FILE, "program": dest / PROGRAM_FILE, "onnx": dest / ONNX_FILE}
     save_atomic(files["model"], lambda tmp: torch.save(doc, tmp))
     module = build_inference(doc, checkpoint)
-    with warnings.catch_warnings():
-        # TorchScript is deprecated in favour of torch.export, but it is still the one format
-        # plain torch loads as a module with its class names attached, on every torch >= 2.6.
-        warnings.simplefilter("ignore", FutureWarning)
-        scripted = torch.jit.script(module)
-        _check_scripted(scripted, module, int(doc["image_size"]), checkpoint)
-        save_atomic(files["torchscript"], lambda tmp: torch.jit.save(scripted, str(tmp)))
+    size, card = int(doc["image_size"]), json.dumps(contract(doc), sort_keys=True)
+    program = export_program(module, size, checkpoint)
+    save_atomic(files["program"], lambda tmp: torch.export.save(program, tmp, extra_files={"model.json": card}))
+    save_atomic(files["onnx"], lambda tmp: write_onnx(program, tmp, card))
+    check_exported(files, module, size, checkpoint)
     return files
 
 
-@torch.no_grad()
-def _check_scripted(scripted, module: InferenceModel, size: int, path: Path) -> None:
-    """The scripted model runs on an example batch at the model's own size and gives what the
-    module gives: a network that cannot take that size fails here, at export, not in a user's
-    hands."""
-    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+def _example(size: int, n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def export_program(module: InferenceModel, size: int, path: Path) -> torch.export.ExportedProgram:
+    """``module`` as a ``torch.export`` program whose batch size is free; a network that cannot
+    take ``size`` (or cannot be exported) fails here, at export, not in a user's hands."""
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
     try:
-        got, want = scripted(example), module(example)
-    except RuntimeError as e:
-        raise ModelFileError(f"{path}: the exported model fails on {size}x{size} images ({_first_line(e)})") from None
-    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
-        raise ModelFileError(f"{path}: the TorchScript model's outputs differ from the network's at {size}x{size}")
+        with torch.no_grad():
+            return torch.export.export(module, (_example(size, 2),), dynamic_shapes={"images": {0: batch}})
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the user needs the one line
+        raise ModelFileError(f"{path}: the network cannot be exported at {size}x{size} ({_first_line(e)})") from None
+
+
+def write_onnx(program: torch.export.ExportedProgram, dest: Path, card: str) -> None:
+    """``program`` as one self-contained ONNX file (no external-data sidecar), with the contract
+    in its metadata."""
+    import onnx
+
+    onnx_program = torch.onnx.export(program, input_names=["images"], output_names=["logits"], dynamo=True,
+                                     external_data=False, verbose=False)
+    model = onnx_program.model_proto
+    for value in [*model.graph.input, *model.graph.output]:  # torch.export calls it s0, s34...
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.helper.set_model_props(model, {"model.json": card})
+    onnx.save_model(model, str(dest))
+
+
+@torch.no_grad()
+def check_exported(files: dict[str, Path], module: InferenceModel, size: int, path: Path) -> None:
+    """``model.pt2`` and ``model.onnx``, loaded back from disk, give the module's answers on a
+    batch of another size than the traced one (so the free batch dimension is checked too)."""
+    import onnxruntime
+
+    example = _example(size, 3, seed=1)
+    want = module(example)
+    got = {"model.pt2": torch.export.load(files["program"]).module()(example)}
+    session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    got["model.onnx"] = torch.from_numpy(session.run(["logits"], {"images": example.numpy()})[0])
+    top2 = want.topk(min(2, want.shape[1]), dim=1).values
+    clear = (top2[:, 0] - top2[:, -1]) > 2 * PARITY  # a near tie may flip within the tolerance
+    for name, out in got.items():
+        if out.shape != want.shape or not torch.allclose(out, want, rtol=0, atol=PARITY) \
+                or not torch.equal(out.argmax(1)[clear], want.argmax(1)[clear]):
+            raise ModelFileError(f"{path}: the exported {name} differs from the network at {size}x{size} "
+                                 f"(largest logit difference {float((out - want).abs().max()):.2g})")

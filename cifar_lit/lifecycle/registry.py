@@ -4,7 +4,8 @@ files and a card (``model.json``), and the aliases ``latest`` and ``production``
 ::
 
     <registry>/<name>/v1/model.pt               the self-contained model (cifar_lit.lifecycle.model_file)
-                        model.torchscript.pt    the same for plain torch
+                        model.pt2, model.onnx   the same for plain torch and for ONNX runtimes
+                                                (versions made before them: model.torchscript.pt)
                         split.json              the split it was tested on
                         model.json              the card: metrics, config, data, code, run
                      /aliases.json              {"latest": "v2", "production": "v1"}

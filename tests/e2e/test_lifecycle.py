@@ -26,7 +26,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect_processes import REPO
 
 from cifar_lit.data.split import Split
-from cifar_lit.lifecycle.model_file import ModelFileError, load_model, read_model
+from cifar_lit.lifecycle.model_file import ModelFileError, contract, load_model, read_model
 from cifar_lit.lifecycle.predict import predict
 from cifar_lit.lifecycle.promote import gate
 from cifar_lit.lifecycle.registry import Registry
@@ -241,28 +241,56 @@ def test_predict_flow_reproduces_test_accuracy_with_the_training_data_deleted(ma
     assert counts == {c: sum(r["prediction"] == c for r in good) for c in counts}
 
 
-def test_torchscript_file_loads_with_plain_torch_and_matches(make_config, tmp_path):
+def test_exported_program_and_onnx_load_without_this_package_and_match(make_config, tmp_path):
     root = fakes.image_folder(tmp_path / "ds", per_class=12)
-    summary, _ = _run(_folder_config(make_config, root, tmp_path / "run", max_epochs=1))
+    cfg = _folder_config(make_config, root, tmp_path / "run", max_epochs=1)
+    summary, _ = _run(cfg)
     files = summary["model_files"]
     doc = read_model(Path(files["model"]))
     # The fast path normalises with the training images' statistics: recorded, not 0.5.
     assert doc["mean"] != [0.5, 0.5, 0.5] and len(doc["std"]) == 3 and doc["classes"] == ["cat", "dog", "frog"]
-    images = torch.rand(5, 3, 32, 32)
+    images = torch.rand(5, 3, 32, 32)  # another batch size than export traced and checked
     expected = load_model(Path(files["model"])).module(images)
     torch.save(images, tmp_path / "images.pt")
     script = (
-        "import sys, json, torch\n"
-        "sys.modules['cifar_lit'] = None  # importing it now fails: the file must not need it\n"
-        f"net = torch.jit.load({files['torchscript']!r})\n"
-        f"out = net(torch.load({str(tmp_path / 'images.pt')!r}))\n"
-        "print(json.dumps({'classes': net.classes, 'out': out.tolist()}))\n"
+        "import sys, json, torch, onnx, onnxruntime\n"
+        "sys.modules['cifar_lit'] = None  # importing it now fails: the files must not need it\n"
+        "images = torch.load(sys.argv[3])\n"
+        "extra = {'model.json': ''}\n"
+        "net = torch.export.load(sys.argv[1], extra_files=extra).module()\n"
+        "session = onnxruntime.InferenceSession(sys.argv[2], providers=['CPUExecutionProvider'])\n"
+        "meta = {p.key: p.value for p in onnx.load(sys.argv[2]).metadata_props}\n"
+        "print(json.dumps({'contract': json.loads(extra['model.json']), 'onnx_contract': json.loads(meta['model.json']),\n"
+        "                  'program': net(images).tolist(),\n"
+        "                  'onnx': session.run(['logits'], {'images': images.numpy()})[0].tolist()}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script, files["program"], files["onnx"], str(tmp_path / "images.pt")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout)
-    assert got["classes"] == ["cat", "dog", "frog"]
-    assert torch.allclose(torch.tensor(got["out"]), expected, atol=1e-5)
+    assert got["contract"] == got["onnx_contract"] == contract(doc)
+    assert got["contract"]["classes"] == ["cat", "dog", "frog"] and got["contract"]["input"]["shape"] == ["batch", 3, 32, 32]
+    for name in ("program", "onnx"):
+        out = torch.tensor(got[name])
+        assert torch.equal(out.argmax(1), expected.argmax(1)), name
+        assert torch.allclose(out, expected, rtol=0, atol=1e-4), (name, float((out - expected).abs().max()))
+    # The registry's card carries the same contract, and the version holds both files.
+    version = Registry(cfg.registry).get(cfg.model_name(), alias="production")
+    assert version.card["contract"] == contract(doc)
+    assert {"model.pt", "model.pt2", "model.onnx"} <= {p.name for p in version.path.iterdir()}
+
+
+def test_a_version_made_before_onnx_still_loads_and_predicts(tiny_model, tmp_path):
+    """Older versions hold model.pt and model.torchscript.pt only: everything that loads a
+    registry version goes through model.pt, so they keep working."""
+    src = Path(tiny_model)
+    reg = Registry(tmp_path / "registry")
+    reg.add("old", {"model": src}, {"metrics": {"test_acc": 0.5}}, aliases=("latest", "production"))
+    old = reg.get("old", alias="production")
+    assert old.card["files"] == {"model": "model.pt"}
+    loaded = load_model(old.file("model"))
+    rows = predict(loaded, [fakes.image_folder(tmp_path / "photos", per_class=1)])
+    assert rows["error"].isna().all() and set(rows["prediction"]) <= set(loaded.classes)
 
 
 def _register_many(root: str, start: int, count: int) -> None:

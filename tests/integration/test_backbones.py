@@ -101,8 +101,9 @@ def test_tiny_transfer_run_fits_tests_exports_and_reloads(make_config, weights_f
     with torch.no_grad():
         expected = model.predict_tta((images - mean) / std)
         assert torch.allclose(loaded.module(images), expected, atol=1e-5)
-        scripted = torch.jit.load(exported["files"]["torchscript"])
-        assert torch.allclose(scripted(images), expected, atol=1e-5) and scripted.classes == tested.classes
+        program = torch.export.load(exported["files"]["program"]).module()
+        assert torch.allclose(program(images), expected, atol=1e-4)
+    assert exported["metadata"]["contract"]["classes"] == tested.classes
     rows = predict(loaded, [image_folder(tmp_path / "photos", per_class=2)])
     assert len(rows) == 6 and rows["error"].isna().all() and set(rows["prediction"]) <= set(tested.classes)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import fakes
 import numpy as np
+import onnxruntime
 import pandas as pd
 import pytest
 import torch
@@ -339,9 +340,12 @@ def test_every_network_family_trains_exports_and_predicts_at_48(tmp_path, make_c
     x01 = _pixels(photo, 48)[None].float() / 255
     with torch.no_grad():
         probs = lit.predict_tta((x01 - mean) / std).float().softmax(1)[0]
-        scripted = torch.jit.load(str(files["torchscript"]))
-        script_probs = scripted(x01).softmax(1)[0]
-    assert scripted.image_size == 48
+        program = torch.export.load(str(files["program"])).module()
+        script_probs = program(x01).softmax(1)[0]
+    session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(["logits"], {"images": x01.numpy()})
+    assert session.get_inputs()[0].shape == ["batch", 3, 48, 48]  # the side it was trained at; any batch
+    assert torch.allclose(torch.from_numpy(onnx_logits).softmax(1)[0], probs, atol=1e-4)
     assert row["prediction"] == dm.classes[int(probs.argmax())]
     assert row["top1_prob"] == pytest.approx(float(probs.max()), rel=1e-4)
     assert torch.allclose(script_probs, probs, atol=1e-5)

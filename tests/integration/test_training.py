@@ -137,7 +137,8 @@ def test_wandb_offline_run_holds_metrics_predictions_and_test_results(make_confi
     assert exported["logged"] and model.name == "cifar10-seed_cnn" and sorted(model.aliases) == ["latest"]
     files = {e.path: e.local_path for e in model.manifest.contents}
     assert files == {"model.pt": str(cfg.out / "model" / "model.pt"),
-                     "model.torchscript.pt": str(cfg.out / "model" / "model.torchscript.pt"),
+                     "model.pt2": str(cfg.out / "model" / "model.pt2"),
+                     "model.onnx": str(cfg.out / "model" / "model.onnx"),
                      "model.ckpt": fitted.best_checkpoint}
     assert '"data_fingerprint":"fp123"' in model.metadata.replace(" ", "")
 
