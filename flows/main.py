@@ -4,6 +4,7 @@
     cifar-lit predict [flags]     the predict flow (python flows/predict_flow.py)
     cifar-lit sweep [flags]       the sweep flow (python flows/sweep_flow.py)
     cifar-lit registry ...        list, show, set-alias, sync-wandb (python -m cifar_lit.lifecycle.registry)
+    cifar-lit serve [flags]       the production model over HTTP, following the alias (cifar_lit.serving.app)
 
 Each sub-command runs its module as ``__main__``, so ``--help`` and flag errors answer before
 Prefect, torch or W&B are imported, exactly as the scripts do.
@@ -19,6 +20,7 @@ COMMANDS = {
     "predict": ("flows.predict_flow", "classify image files and folders with a registered model, into a CSV"),
     "sweep": ("flows.sweep_flow", "tune: an Optuna study of train runs; the best one goes through the gate"),
     "registry": ("cifar_lit.lifecycle.registry", "the model registry: list, show, set-alias, sync-wandb"),
+    "serve": ("cifar_lit.serving.app", "serve the production model over HTTP (/health, /predict), following the alias"),
 }
 
 USAGE = "usage: cifar-lit {" + ",".join(COMMANDS) + "} [flags]   (cifar-lit <command> --help for its flags)"
@@ -37,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from cifar_lit.lifecycle.registry import main as registry
 
         return registry(rest, prog="cifar-lit registry")
+    if name == "serve":  # not a flow: no Prefect
+        from cifar_lit.serving.app import main as serve
+
+        return serve(rest, prog="cifar-lit serve")
     from flows import command
 
     command.PROGRAM = f"cifar-lit {name}"  # the name its help, errors and messages give

@@ -211,7 +211,7 @@ def package(checkpoint: Path, dest: Path) -> dict[str, Path]:
     module = build_inference(doc, checkpoint)
     size, card = int(doc["image_size"]), json.dumps(contract(doc), sort_keys=True)
     program = export_program(module, size, checkpoint)
-    save_atomic(files["program"], lambda tmp: torch.export.save(program, tmp, extra_files={"model.json": card}))
+    save_atomic(files["program"], lambda tmp: _save_program(program, tmp, card))
     save_atomic(files["onnx"], lambda tmp: write_onnx(program, tmp, card))
     check_exported(files, module, size, checkpoint)
     return files
@@ -230,6 +230,11 @@ def export_program(module: InferenceModel, size: int, path: Path) -> torch.expor
             return torch.export.export(module, (_example(size, 2),), dynamic_shapes={"images": {0: batch}})
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; the user needs the one line
         raise ModelFileError(f"{path}: the network cannot be exported at {size}x{size} ({_first_line(e)})") from None
+
+
+def _save_program(program: torch.export.ExportedProgram, dest: Path, card: str) -> None:
+    with open(dest, "wb") as f:  # a file object: torch.export warns about a path not ending in .pt2
+        torch.export.save(program, f, extra_files={"model.json": card})
 
 
 def write_onnx(program: torch.export.ExportedProgram, dest: Path, card: str) -> None:
