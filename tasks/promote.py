@@ -29,11 +29,17 @@ def promote_model(config: TrainConfig, model_files: dict, split_file: Path, card
         card = {**card, "wandb": ref}
     decision = gate(config, {k: Path(v) for k, v in model_files.items()}, split_file, card)
     create_markdown_artifact(decision_markdown(decision), key=artifact_key, description="champion vs challenger")
-    # An automation can act on these (notify, deploy the new production model...).
+    # Automations act on these: prefect.yaml's batch-predict deployments run on every new
+    # production model (their parameters come from this payload), and a notification can too.
+    registry = str(Path(config.registry).resolve())
+    resource = {"prefect.resource.id": f"cifar_lit.model.{decision.name}", "prefect.resource.name": decision.name,
+                "cifar_lit.registry": registry}
+    if decision.version:
+        resource["cifar_lit.version"] = decision.version
     emit_event(
         event=f"cifar_lit.model.{'promoted' if decision.promoted else 'rejected'}",
-        resource={"prefect.resource.id": f"cifar_lit.model.{decision.name}", "prefect.resource.name": decision.name},
-        payload={k: v for k, v in decision.to_dict().items() if k != "per_class"},
+        resource=resource,
+        payload={k: v for k, v in decision.to_dict().items() if k != "per_class"} | {"registry": registry},
     )
     result = decision.to_dict()
     if decision.promoted and ref is not None:

@@ -9,6 +9,7 @@ sends a notification."""
 from __future__ import annotations
 
 import asyncio
+import csv as csv_module
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from prefect.client.schemas import filters
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, FlowRun
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.steps.core import run_steps
+from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled, Completed, Pending, Running
@@ -188,7 +190,7 @@ def test_prefect_yaml_is_valid(monkeypatch):
     spec = _spec()
     model = PrefectYamlModel.model_validate(spec)
     assert [d.name for d in model.deployments] == [*GPU_DEPLOYMENTS, "cifar10-trials-k8s", "weekly-sweep",
-                                                   "cifar10-local", "batch-predict"]
+                                                   "cifar10-local", "batch-predict", "predict-local"]
     assert {d.work_pool.name for d in model.deployments} == set(POOLS)
     for deployment in model.deployments:
         # Every deployment records the commit it was deployed from (the build step's output).
@@ -268,7 +270,30 @@ def test_batch_predict_deployment_reads_and_writes_the_shared_storage():
         assert _deployment(name)["parameters"]["config"]["registry_dir"] == predict["parameters"]["config"]["registry_dir"]
 
 
-@pytest.mark.skipif(not (REPO / "flows" / "predict_flow.py").is_file(), reason="flows/predict_flow.py is not written yet")
+def _rendered(template, event: dict):
+    """``template`` (a trigger's parameters) with every Jinja string rendered for ``event``."""
+    import jinja2
+
+    if isinstance(template, dict):
+        return {k: _rendered(v, event) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_rendered(v, event) for v in template]
+    return jinja2.Template(template).render(event=event) if isinstance(template, str) else template
+
+
+def test_batch_predict_runs_on_each_promotion_into_the_volumes_registry(monkeypatch):
+    monkeypatch.chdir(REPO)
+    predict = _deployment("batch-predict")
+    (trigger,) = predict["triggers"]
+    assert trigger["enabled"] and trigger["expect"] == ["cifar_lit.model.promoted"]
+    assert trigger["match"] == {"prefect.resource.id": "cifar_lit.model.*", "cifar_lit.registry": f"{STORAGE}/registry"}
+    event = {"payload": {"name": "cifar10-airnet_s", "version": "v7", "registry": f"{STORAGE}/registry"}}
+    flow = load_flow_from_entrypoint(predict["entrypoint"])
+    config = flow.validate_parameters(_rendered(trigger["parameters"], event))["config"]
+    assert (config.registry_dir, config.name, config.version) == (Path(STORAGE, "registry"), "cifar10-airnet_s", "v7")
+    assert config.output == Path(STORAGE, "predictions", "cifar10-airnet_s-v7.csv")
+
+
 def test_batch_predict_parameters_validate_against_the_flow(monkeypatch):
     monkeypatch.chdir(REPO)
     predict = _deployment("batch-predict")
@@ -352,6 +377,20 @@ def _wait_for_final(run_ids, worker, log: Path, timeout: float = RUN_TIMEOUT) ->
         time.sleep(1)
 
 
+def _wait_for_runs_of(deployment, count: int, worker, log: Path, timeout: float = RUN_TIMEOUT) -> list[FlowRun]:
+    """The first ``count`` flow runs of ``deployment``, once they exist and are final."""
+    deadline = time.monotonic() + timeout
+    of_deployment = filters.DeploymentFilter(id=filters.DeploymentFilterId(any_=[deployment.id]))
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(deployment_filter=of_deployment)
+        if len(runs) >= count:
+            return _wait_for_final([r.id for r in runs], worker, log, timeout=max(1.0, deadline - time.monotonic()))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(runs)} runs of {deployment.name} after {timeout}s, expected {count}\n{tail(log)}")
+        time.sleep(1)
+
+
 def _of_run(flow_run_id) -> filters.FlowRunFilter:
     return filters.FlowRunFilter(id=filters.FlowRunFilterId(any_=[flow_run_id]))
 
@@ -383,15 +422,21 @@ def pool_runs(deployed, env, archives, tmp_path_factory) -> dict:
                 "data_dir": tmp / "data", "download_url": server.url("/cifar10.tar.gz"),
                 "download_md5": fakes.md5(archives["cifar10"]), "val_size": 40, "batch_size": 16, "max_epochs": 1,
                 "num_workers": 0, "accelerator": "cpu", "devices": 1, "prediction_samples": 4,
-                "wandb_mode": "disabled", "output_dir": tmp / name, "registry_dir": tmp / f"registry-{name}",
+                "wandb_mode": "disabled", "output_dir": tmp / name, "registry_dir": tmp / f"{name}-home" / "registry",
                 **changes})
 
-        configs = {"local": config("local", wandb_mode="offline"), "first": config("first"), "bad": config("bad", download_md5="0" * 32, data_dir=tmp / "bad-data")}
+        configs = {"local": config("local", wandb_mode="offline"), "first": config("first"),
+                   "bad": config("bad", download_md5="0" * 32, data_dir=tmp / "bad-data")}
+        for name in ("local", "first"):  # what predict-local classifies after their promotions
+            fakes.image_folder(tmp / f"{name}-home" / "incoming", per_class=2)
         created = {name: _create_run(deployed["cifar10-local"], c) for name, c in configs.items()}
         log = tmp / "worker.log"
         with background(worker_args("local-process"), log, env=env, cwd=tmp) as worker:
             final = _wait_for_final([r.id for r in created.values()], worker, log, timeout=4 * RUN_TIMEOUT)
-        return {name: (run, configs[name]) for name, run in zip(created, final, strict=True)} | {"log": log}
+            # The two promotions started predict-local (its trigger): the same worker runs them.
+            triggered = _wait_for_runs_of(deployed["predict-local"], 2, worker, log)
+        return {name: (run, configs[name]) for name, run in zip(created, final, strict=True)} | {
+            "log": log, "triggered": triggered}
     finally:
         server.stop()
 
@@ -705,6 +750,31 @@ def test_pool_concurrency_limit_runs_one_training_at_a_time(pool_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_promotion_runs_batch_predictions_with_the_new_version(pool_runs):
+    """promote -> the cifar_lit.model.promoted event -> predict-local's trigger -> a predict run of
+    that very version, on the worker, writing its CSV beside the registry."""
+    runs = pool_runs["triggered"]
+    assert len(runs) == 2 and all(r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs]
+    by_registry = {r.parameters["config"]["registry_dir"]: r for r in runs}
+    for name in ("local", "first"):
+        train_run, config = pool_runs[name]
+        summary = json.loads((config.out / "summary.json").read_text())
+        assert summary["promotion"]["promoted"] and summary["promotion"]["version"] == "v1"
+        run = by_registry[str(config.registry.resolve())]
+        home = config.registry.parent
+        assert run.parameters["config"]["name"] == config.model_name() and run.parameters["config"]["version"] == "v1"
+        assert run.start_time >= _task_runs(train_run.id)["promote"].end_time  # started by the promotion
+        csv = home / "predictions" / f"{config.model_name()}-v1.csv"
+        rows = list(csv_module.DictReader(csv.open()))
+        assert len(rows) == 6 and all(r["prediction"] and not r["error"] for r in rows)  # incoming/: 3 classes x 2
+    with get_client(sync_client=True) as client:
+        events = client.read_events(filter=EventFilter(event=EventNameFilter(name=["cifar_lit.model.promoted"])), limit=50).events
+    promoted = [e for e in events if e.resource.get("cifar_lit.registry") in by_registry]
+    assert len(promoted) == 2 and {e.payload["version"] for e in promoted} == {"v1"}
+    assert all(e.resource["cifar_lit.version"] == "v1" for e in promoted)
+
+
 def test_failed_run_sends_a_notification(pool_runs, webhook):
     run, _ = pool_runs["bad"]
     assert run.state.is_failed()
