@@ -46,7 +46,11 @@ def predict_files(config: PredictConfig) -> dict:
 @flow(name="predict", log_prints=True)
 def predict_flow(config: PredictConfig) -> dict:
     """Classify images with a registry model (or a model file); returns what was written."""
-    result = predict_files(config)
+    from cifar_lit.lifecycle.predict import resolve_model
+    from tasks.lineage import materializing, model_asset, predictions_asset
+
+    # The CSV as an asset made from the model version it used: lineage ... -> model vN -> predictions.
+    result = materializing(predict_files, predictions_asset(config.output), [model_asset(resolve_model(config))])(config)
     create_table_artifact(result["counts"], key="predicted-class-counts", description=f"predictions of {result['model']}")
     get_run_logger().info("%d images (%d unreadable) -> %s", result["images"], result["errors"], result["output"])
     return result

@@ -35,6 +35,7 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the hea
     check_install(PROG)  # a broken torch/torchvision pair is one line, not a traceback
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.assets import Asset, add_asset_metadata
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
@@ -45,6 +46,7 @@ from cifar_lit.files.atomic import write_json_atomic
 from cifar_lit.lifecycle.export import model_dir
 from cifar_lit.lifecycle.model_file import MODEL_FILE, ONNX_FILE, PROGRAM_FILE, contract, read_model
 from cifar_lit.lifecycle.promote import card, unchanged
+from cifar_lit.lifecycle.registry import Registry
 from cifar_lit.machine.checks import MachineError, check_machine
 from cifar_lit.recipes.plan import DataSize, plan, recipe_summary, resolve
 from cifar_lit.run import tracking
@@ -53,6 +55,7 @@ from cifar_lit.run.summary import build_summary, json_safe, skipped_summary, sum
 from cifar_lit.training.train import replayable
 from cifar_lit.tuning.trial import TRIAL_CARD, TrialRef
 from tasks import download_data, evaluate_model, export_checkpoint, fit_model, promote_model, split_data
+from tasks.lineage import data_asset, materializing, model_asset, record, split_asset
 
 
 def _run_name() -> str:
@@ -98,7 +101,8 @@ def _train(config: TrainConfig, trial: TrialRef | None = None) -> dict:
         exclude=(config.out, config.registry), val_dir=config.val_dir, test_dir=config.test_dir,
     )
     split_path = split_file_path(ref, config.val_size, config.test_size, config.seed, config.data_dir, config.min_per_class)
-    split_file = split_data.with_options(refresh_cache=not split_path.is_file())(
+    lineage = [data_asset(config.data_dir, config.dataset), split_asset(split_path)]  # data -> split -> model
+    split_file = materializing(split_data, lineage[1], lineage[:1]).with_options(refresh_cache=not split_path.is_file())(
         ref, config.val_size, config.test_size, config.seed, config.data_dir, config.min_per_class
     )
     fingerprint = split_path.stem.removeprefix("split-")
@@ -147,6 +151,8 @@ def _train(config: TrainConfig, trial: TrialRef | None = None) -> dict:
         if trial is None:
             promotion = promote_model(config, exported["files"], staged, model_card, _artifact_key(config, "promotion"),
                                       exported.get("path"))
+            if promotion.get("promoted"):
+                _record_version(config, promotion, lineage[1])
         else:  # what the sweep's gate needs of this trial, should it be the best
             write_json_atomic(out / TRIAL_CARD, {"card": model_card, "files": exported["files"],
                                                  "wandb_artifact": exported.get("path")})
@@ -175,6 +181,18 @@ def _train(config: TrainConfig, trial: TrialRef | None = None) -> dict:
     if export_error:  # everything else is done and on disk; the run must still not look Completed
         return Failed(message=export_error, data=summary)
     return summary
+
+
+def _record_version(config: TrainConfig, promotion: dict, split: Asset) -> None:
+    """The new registry version as an asset made from the split (and so from the data)."""
+    version = Registry(config.registry).get(promotion["name"], version=promotion["version"])
+    asset = model_asset(version.file("model"))
+
+    def registered() -> None:
+        add_asset_metadata(asset, {"version": version.version, "test_acc": version.card.get("metrics", {}).get("test_acc"),
+                                   "run": version.card.get("run_name")})
+
+    record(registered, asset, [split], name="registered")()
 
 
 def _exported(config: TrainConfig, state) -> tuple[dict, str | None]:

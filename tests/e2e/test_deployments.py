@@ -56,7 +56,7 @@ GPU_DEPLOYMENTS = ("cifar10-nightly-k8s", "cifar10-nightly-docker")
 TRAIN_DEPLOYMENTS = (*GPU_DEPLOYMENTS, "cifar10-trials-k8s", "cifar10-local")
 STORAGE = "/mnt/cifar-lit"  # where both GPU templates mount the shared volume
 POOLS = {"gpu-kubernetes": "kubernetes", "gpu-docker": "docker", "local-process": "process"}
-TASKS = {"download", "split", "fit", "test", "export", "promote"}
+TASKS = {"download", "split", "fit", "test", "export", "promote", "registered"}  # registered: promoted
 RUN_TIMEOUT = 600  # seconds for one tiny flow run: generous, the machine may be busy
 
 

@@ -54,7 +54,7 @@ def test_end_to_end_then_cached_rerun(make_config, server, tmp_path):
     assert (tmp_path / "run1" / "split.json").is_file()
 
     tasks = _task_runs(run_id)
-    assert set(tasks) == {"download", "split", "fit", "test", "export", "promote"}
+    assert set(tasks) == {"download", "split", "fit", "test", "export", "promote", "registered"}  # promoted: v1
     assert all(t.state.is_completed() for t in tasks.values())
     assert summary["promotion"]["promoted"] and summary["promotion"]["version"] == "v1"
     with get_client(sync_client=True) as client:
@@ -204,7 +204,7 @@ def test_default_recipe_end_to_end(make_config):
     # (and the epoch before it as last.prev.ckpt, a hard link kept in case last.ckpt is ever damaged)
     assert sorted(p.name for p in (cfg.out / "checkpoints").iterdir()) == ["last.ckpt", "last.prev.ckpt"]
     assert summary["best_checkpoint"] == str((cfg.out / "checkpoints" / "last.ckpt").resolve())
-    assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export", "promote"}
+    assert set(_task_runs(run_id)) == {"download", "split", "fit", "test", "export", "promote", "registered"}
     arts = _artifacts(run_id)
     assert "| val_acc (no TTA) | n/a |" in arts["markdown"].data
     assert f"**Recipe**: cpu-fast; {note}" in arts["markdown"].data

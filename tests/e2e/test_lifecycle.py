@@ -240,6 +240,30 @@ def test_predict_flow_reproduces_test_accuracy_with_the_training_data_deleted(ma
     assert counts.pop("(error)") == 1 and sum(counts.values()) == 18
     assert counts == {c: sum(r["prediction"] == c for r in good) for c in counts}
 
+    # Lineage, read back from the server as Prefect keeps it (asset materialization events):
+    # data -> split -> model v1 -> predictions, each made by its own task.
+    registry = Registry(tmp_path / "runs" / "registry")
+    version = registry.get(registry.only_name(), version="v1")
+    made_from = _made_from()
+    assert made_from[out.resolve().as_uri()] == {version.path.resolve().as_uri()}
+    (split_key,) = made_from[version.path.resolve().as_uri()]
+    assert split_key.startswith("file://") and split_key.endswith(".json")
+    assert made_from[split_key] == {root.resolve().as_uri()}
+
+
+def _made_from() -> dict[str, set[str]]:
+    """Every asset materialized in this session -> the assets it was made from (its upstreams)."""
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"])),
+                                  limit=50)
+        events = list(page.events)
+        while page.next_page:
+            page = client.read_events_page(str(page.next_page))
+            events += page.events
+    return {e.resource.id: {r.id for r in e.related if r.role == "asset"} for e in events}
+
 
 def test_exported_program_and_onnx_load_without_this_package_and_match(make_config, tmp_path):
     root = fakes.image_folder(tmp_path / "ds", per_class=12)
