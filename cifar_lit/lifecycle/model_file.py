@@ -116,7 +116,7 @@ def safe_load(path: Path, what: str = "model file") -> dict:
         if "GLOBAL" in str(e) or "global" in str(e):  # weights_only refused pickled code or classes
             raise ModelFileError(f"{path}: refused to load: it holds pickled code or classes, not only weights") from None
         raise ModelFileError(f"{path}: not a readable {what} (truncated or corrupt)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError, IndexError) as e:
         raise ModelFileError(f"{path}: not a readable {what} ({type(e).__name__}: {_first_line(e)})") from None
     if not isinstance(obj, dict):
         raise ModelFileError(f"{path}: not a {what} (holds a {type(obj).__name__})")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from cifar_lit.data.images import square
-from cifar_lit.lifecycle.model_file import ONNX_FILE, load_model
+from cifar_lit.lifecycle.model_file import MODEL_FILE, ONNX_FILE, load_model
 from cifar_lit.lifecycle.registry import Registry, RegistryError, Version
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ class Follower:
     ``cifar-lit registry set-alias``): a thread reads ``aliases.json`` every ``poll`` seconds and
     loads a new version completely before it swaps it in, so every request is answered whole by
     one version or the other. With ``version`` given the model is pinned and nothing is followed.
-    A new version that fails to load is logged once and the current one goes on serving."""
+    A new version that fails to load is logged once and the current one goes on serving; it is
+    tried again when its file changes."""
 
     def __init__(self, registry: Path, name: str | None = None, alias: str = "production", version: str | None = None,
                  onnx: bool = False, poll: float = 1.0) -> None:
@@ -119,13 +120,18 @@ class Follower:
             wanted = self.registry.aliases(self.name).get(self.alias)
         except RegistryError as e:  # a half-written file never happens (atomic rename); a broken one might
             return self._refuse(str(e), str(e))
-        if wanted is None or wanted == self.served.version or wanted == self._failed:
+        if wanted is None or wanted == self.served.version:
+            return False
+        # A version that failed is tried again only once its file changed (repaired, replaced).
+        file = self.registry.root / self.name / wanted / (ONNX_FILE if self.onnx else MODEL_FILE)
+        key = f"{wanted}@{file.stat().st_mtime_ns if file.exists() else 0}"
+        if key == self._failed:
             return False
         try:
             new = load_version(self.registry.get(self.name, version=wanted), self.onnx)
         except Exception as e:  # noqa: BLE001 - any failure keeps the current version serving
-            return self._refuse(wanted, f"{self.name} {self.alias} -> {wanted}: cannot load it, still serving "
-                                        f"{self.served.version} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            return self._refuse(key, f"{self.name} {self.alias} -> {wanted}: cannot load it, still serving "
+                                     f"{self.served.version} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         old, self.served, self._failed = self.served.version, new, None
         log.warning("%s %s moved %s -> %s: now serving %s", self.name, self.alias, old, wanted, wanted)
         return True

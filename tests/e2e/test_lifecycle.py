@@ -304,6 +304,21 @@ def test_exported_program_and_onnx_load_without_this_package_and_match(make_conf
     assert {"model.pt", "model.pt2", "model.onnx"} <= {p.name for p in version.path.iterdir()}
 
 
+def test_exported_files_that_do_not_match_the_network_fail_the_export_in_one_line(tiny_model):
+    from cifar_lit.lifecycle.model_file import build_inference, check_exported
+
+    folder = Path(tiny_model).parent
+    doc = read_model(Path(tiny_model))
+    files = {"program": folder / "model.pt2", "onnx": folder / "model.onnx"}
+    check_exported(files, build_inference(doc, folder), doc["image_size"], folder)  # its own network: passes
+    torch.manual_seed(1)
+    other = {**doc, "state_dict": {k: torch.randn_like(v) if v.is_floating_point() else v
+                                   for k, v in doc["state_dict"].items()}}
+    with pytest.raises(ModelFileError, match=r"the exported model\.pt2 differs from the network at 32x32 "
+                                             r"\(largest logit difference"):
+        check_exported(files, build_inference(other, folder), doc["image_size"], folder)
+
+
 def test_a_version_made_before_onnx_still_loads_and_predicts(tiny_model, tmp_path):
     """Older versions hold model.pt and model.torchscript.pt only: everything that loads a
     registry version goes through model.pt, so they keep working."""

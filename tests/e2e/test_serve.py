@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from cifar_lit.config import PredictConfig
 from cifar_lit.lifecycle.model_file import load_model
 from cifar_lit.lifecycle.predict import predict_to_csv
 from cifar_lit.lifecycle.registry import Registry, RegistryError
-from cifar_lit.serving.model import load_version
+from cifar_lit.serving.model import Follower, load_version
 
 CLI = [sys.executable, "-m", "flows.main"]
 
@@ -245,3 +246,16 @@ def test_a_wrong_registry_name_or_version_is_one_line_before_anything_starts(tin
     args = [a.format(tmp=tmp_path, reg=reg.root) for a in args]
     proc = subprocess.run([*CLI, "serve", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
+
+
+def test_a_new_version_that_cannot_load_is_logged_once_and_the_current_one_goes_on(tiny_model, tmp_path, caplog):
+    reg = _register(tmp_path / "registry", tiny_model, versions=2)
+    (reg.root / "m" / "v2" / "model.pt").write_bytes(b"truncated")  # damaged after it was registered
+    follower = Follower(reg.root, poll=60)  # checked by hand below, not by the thread
+    reg.set_alias("m", "production", "v2")
+    assert follower.check() is False and follower.check() is False
+    assert follower.current().version == "v1"
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]  # once, not per check
+    assert line.startswith("m production -> v2: cannot load it, still serving v1 (ModelFileError")
+    shutil.copyfile(Path(tiny_model), reg.root / "m" / "v2" / "model.pt")  # repaired: tried again
+    assert follower.check() is True and follower.current().version == "v2"

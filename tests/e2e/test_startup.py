@@ -71,9 +71,9 @@ def test_a_finished_run_is_whole_in_the_api_and_on_disk_and_leaves_no_process(tm
     # while the run's other events were sent and stored.
     assert "prefect.flow-run.Completed" in events and "prefect.flow-run.heartbeat" not in events, set(events)
     # Task runs reach the database through events the server records in the background: all
-    # six are there, finished, so the command's last events were sent and stored before it ended.
+    # seven are there (registered: it was promoted), finished, so the command's last events were sent and stored before it ended.
     assert sorted((n.rsplit("-", 1)[0], s) for n, s in tasks) == [
-        (name, "COMPLETED") for name in ("download", "export", "fit", "promote", "split", "test")]
+        (name, "COMPLETED") for name in ("download", "export", "fit", "promote", "registered", "split", "test")]
     assert logs[-1] == "Finished in state Completed()" and any(m.startswith("test_acc ") for m in logs), logs
     assert {"photos-seed-cnn-summary", "photos-seed-cnn-per-class"} <= artifacts, artifacts
 
