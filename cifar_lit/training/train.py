@@ -153,6 +153,9 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     # once, then cached (cifar_lit.machine.probe). Before resume_point: the checkpoint records the choice.
     # Timed on a batch no larger than the data (a batch of --batch-size 100000 random images was
     # a kill for memory on 27 photos).
+    if resume:  # what the interrupted attempt chose, from its checkpoint: not probed again, as a
+        # busy machine might choose otherwise and the checkpoint would no longer fit the config
+        config = config.model_copy(update=_chosen_before(config))
     timed = config.model_copy(update={"batch_size": min(config.batch_size, len(split.train))})
     timed, probed = probe.apply(timed, len(split.classes))
     config = config.model_copy(update={name: getattr(timed, name) for name in probe.PROBED_FIELDS})
@@ -251,6 +254,13 @@ def resolved_for(config: TrainConfig, split_file: Path) -> TrainConfig:
     config = resolve(config, data=DataSize.of_split(Split.read(split_file)))
     update_config(config)
     return config
+
+
+def _chosen_before(config: TrainConfig) -> dict:
+    """The probed fields the config leaves open, as the checkpoint this fit would resume records them."""
+    found = readable_checkpoint(checkpoint_dir(config) / "last.ckpt")
+    saved = ((found[1].get("hyper_parameters") or {}).get("config") or {}) if found else {}
+    return {k: saved[k] for k in probe.PROBED_FIELDS if getattr(config, k) is None and saved.get(k) is not None}
 
 
 def resume_point(config: TrainConfig, last: Path) -> str | None:

@@ -244,25 +244,31 @@ def test_predict_flow_reproduces_test_accuracy_with_the_training_data_deleted(ma
     # data -> split -> model v1 -> predictions, each made by its own task.
     registry = Registry(tmp_path / "runs" / "registry")
     version = registry.get(registry.only_name(), version="v1")
-    made_from = _made_from()
+    made_from = _made_from(out.resolve().as_uri())
     assert made_from[out.resolve().as_uri()] == {version.path.resolve().as_uri()}
     (split_key,) = made_from[version.path.resolve().as_uri()]
     assert split_key.startswith("file://") and split_key.endswith(".json")
     assert made_from[split_key] == {root.resolve().as_uri()}
 
 
-def _made_from() -> dict[str, set[str]]:
-    """Every asset materialized in this session -> the assets it was made from (its upstreams)."""
+def _made_from(last: str, timeout: float = 60) -> dict[str, set[str]]:
+    """Every asset materialized in this session -> the assets it was made from (its upstreams),
+    once the server holds the materialization of ``last`` (it stores events in the background)."""
     from prefect.events.filters import EventFilter, EventNameFilter
 
-    with get_client(sync_client=True) as client:
-        page = client.read_events(filter=EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"])),
-                                  limit=50)
-        events = list(page.events)
-        while page.next_page:
-            page = client.read_events_page(str(page.next_page))
-            events += page.events
-    return {e.resource.id: {r.id for r in e.related if r.role == "asset"} for e in events}
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(
+                filter=EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"])), limit=50)
+            events = list(page.events)
+            while page.next_page:
+                page = client.read_events_page(str(page.next_page))
+                events += page.events
+        made_from = {e.resource.id: {r.id for r in e.related if r.role == "asset"} for e in events}
+        if last in made_from or time.monotonic() > deadline:
+            return made_from
+        time.sleep(0.5)
 
 
 def test_exported_program_and_onnx_load_without_this_package_and_match(make_config, tmp_path):
