@@ -51,6 +51,7 @@ from prefect.exceptions import ObjectNotFound
 from cifar_lit.config import TrainConfig
 from cifar_lit.files.atomic import write_json_atomic
 from cifar_lit.files.locks import env_seconds
+from cifar_lit.lifecycle.model_file import add_portable
 from cifar_lit.recipes.plan import default_val_size, resolve
 from cifar_lit.run.summary import json_safe
 from cifar_lit.tuning.space import Space, build_space, default_space, read_space
@@ -201,8 +202,10 @@ def _report(study, base: TrainConfig, out: Path, name: str, url: str, logger) ->
     # The best trial's values replay with: python flows/train_flow.py --config <sweep dir>/config.json
     write_json_atomic(out / "config.json", best_config.model_copy(update={"output_dir": None}).as_dict(), indent=2)
     card = json.loads((best_out / TRIAL_CARD).read_text())
+    # Trials write model.pt only: the portable files are made for the one that may be registered.
+    files = card["files"] | {k: str(v) for k, v in add_portable(Path(card["files"]["model"])).items()}
     promotion = promote_model(best_config.model_copy(update={"registry_dir": base.registry}),
-                              card["files"], best_out / "split.json", card["card"],
+                              files, best_out / "split.json", card["card"],
                               f"{key}-promotion", card["wandb_artifact"])
     summary |= {"best": {"trial": best.number, "params": best.params, "val_acc": best.value,
                          "test_acc": best.user_attrs.get("test_acc"), "output_dir": str(best_out)},

@@ -143,9 +143,11 @@ def _train(config: TrainConfig, trial: TrialRef | None = None) -> dict:
         # Written before anything talks to W&B or the registry: a later failure loses nothing.
         write_summary(out / "summary.json", build_summary(**parts, wandb=tracking.run_info()))
         export_state = export_checkpoint(
-            config, Path(fitted["best_checkpoint"]), tested["metrics"], fingerprint, staged, return_state=True
+            # A trial leaves model.pt2 and model.onnx to the sweep: only its best one is registered.
+            config, Path(fitted["best_checkpoint"]), tested["metrics"], fingerprint, staged, portable=trial is None,
+            return_state=True,
         )
-        exported, export_error = _exported(config, export_state)
+        exported, export_error = _exported(config, export_state, portable=trial is None)
         # What a caller of model.pt2 / model.onnx (or of the server) sends and gets back.
         model_card["contract"] = contract(read_model(Path(exported["files"]["model"])))
         if trial is None:
@@ -195,13 +197,14 @@ def _record_version(config: TrainConfig, promotion: dict, split: Asset) -> None:
     record(registered, asset, [split], name="registered")()
 
 
-def _exported(config: TrainConfig, state) -> tuple[dict, str | None]:
+def _exported(config: TrainConfig, state, portable: bool = True) -> tuple[dict, str | None]:
     """The export result, or, when only the W&B upload failed (the model files were written
     first), a local-only result and a one-line message with the command that uploads later."""
     if not state.is_failed():
         return state.result(), None
-    files = {"model": model_dir(config) / MODEL_FILE, "program": model_dir(config) / PROGRAM_FILE,
-             "onnx": model_dir(config) / ONNX_FILE}
+    files = {"model": model_dir(config) / MODEL_FILE}
+    if portable:
+        files |= {"program": model_dir(config) / PROGRAM_FILE, "onnx": model_dir(config) / ONNX_FILE}
     error = state.message or "failed"
     try:
         state.result()

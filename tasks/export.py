@@ -20,7 +20,8 @@ from cifar_lit.lifecycle.export import export_model
     cache_policy=NO_CACHE,
 )
 def export_checkpoint(
-    config: TrainConfig, checkpoint: Path, test_metrics: dict, data_fingerprint: str, split_file: Path | None = None
+    config: TrainConfig, checkpoint: Path, test_metrics: dict, data_fingerprint: str, split_file: Path | None = None,
+    portable: bool = True,
 ) -> dict:
     """model.pt, model.pt2 and model.onnx in <output_dir>/model, and the W&B artifact (alias latest)."""
-    return export_model(config, checkpoint, test_metrics, data_fingerprint, split_file)
+    return export_model(config, checkpoint, test_metrics, data_fingerprint, split_file, portable)

@@ -26,14 +26,14 @@ def model_dir(config: TrainConfig) -> Path:
     return config.out / "model"
 
 
-def package_model(config: TrainConfig, checkpoint: Path) -> dict[str, str]:
+def package_model(config: TrainConfig, checkpoint: Path, portable: bool = True) -> dict[str, str]:
     """``model.pt``, ``model.pt2`` and ``model.onnx`` for ``checkpoint`` under ``<output_dir>/model``,
     at the image size the checkpoint was trained at (the exported programs are checked against
     the network on an example batch of that size)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"best_checkpoint: {checkpoint} does not exist")
-    return {k: str(v) for k, v in package(checkpoint, model_dir(config)).items()}
+    return {k: str(v) for k, v in package(checkpoint, model_dir(config), portable).items()}
 
 
 def export_model(
@@ -42,9 +42,11 @@ def export_model(
     test_metrics: dict[str, float],
     data_fingerprint: str,
     split_file: Path | None = None,
+    portable: bool = True,
 ) -> dict[str, Any]:
-    """Package ``checkpoint`` and log it to the active W&B run (no W&B: ``logged=False``)."""
-    files = package_model(config, checkpoint)
+    """Package ``checkpoint`` and log it to the active W&B run (no W&B: ``logged=False``);
+    ``portable=False``: ``model.pt`` only (a sweep's trial)."""
+    files = package_model(config, checkpoint, portable)
     doc = read_model(Path(files["model"]))
     metadata = {
         "image_size": doc["image_size"],  # the side of the images it takes

@@ -1,6 +1,7 @@
 """The self-contained model: everything inference needs, in files that load on their own.
 
-``package(checkpoint, dest)`` writes three files from a training checkpoint:
+``package(checkpoint, dest)`` writes three files from a training checkpoint (a sweep's trials
+only the first; ``add_portable`` adds the other two to the one that is registered):
 
 - ``model.pt``: a plain dict (``torch.load(..., weights_only=True)`` reads it; no pickled code)
   with the network's name and constructor arguments, its weights, the class names, the input
@@ -201,19 +202,32 @@ def contract(doc: dict) -> dict[str, Any]:
     }
 
 
-def package(checkpoint: Path, dest: Path) -> dict[str, Path]:
-    """Write ``model.pt``, ``model.pt2`` and ``model.onnx`` for ``checkpoint`` into ``dest``."""
+def package(checkpoint: Path, dest: Path, portable: bool = True) -> dict[str, Path]:
+    """Write ``model.pt`` for ``checkpoint`` into ``dest``, and with ``portable`` also
+    ``model.pt2`` and ``model.onnx`` (a sweep's trials leave those to the one that is registered)."""
     checkpoint, dest = Path(checkpoint), Path(dest)
     doc = from_checkpoint(safe_load(checkpoint, "checkpoint"), checkpoint)
     dest.mkdir(parents=True, exist_ok=True)
-    files = {"model": dest / MODEL_FILE, "program": dest / PROGRAM_FILE, "onnx": dest / ONNX_FILE}
+    files = {"model": dest / MODEL_FILE}
     save_atomic(files["model"], lambda tmp: torch.save(doc, tmp))
-    module = build_inference(doc, checkpoint)
+    return files | (write_portable(doc, dest, checkpoint) if portable else {})
+
+
+def add_portable(model_file: Path) -> dict[str, Path]:
+    """``model.pt2`` and ``model.onnx`` beside an existing ``model.pt``."""
+    model_file = Path(model_file)
+    return write_portable(read_model(model_file), model_file.parent, model_file)
+
+
+def write_portable(doc: dict, dest: Path, source: Path) -> dict[str, Path]:
+    """``model.pt2`` and ``model.onnx`` of the model ``doc`` in ``dest``, checked against it."""
+    files = {"program": Path(dest) / PROGRAM_FILE, "onnx": Path(dest) / ONNX_FILE}
+    module = build_inference(doc, source)
     size, card = int(doc["image_size"]), json.dumps(contract(doc), sort_keys=True)
-    program = export_program(module, size, checkpoint)
+    program = export_program(module, size, source)
     save_atomic(files["program"], lambda tmp: _save_program(program, tmp, card))
     save_atomic(files["onnx"], lambda tmp: write_onnx(program, tmp, card))
-    check_exported(files, module, size, checkpoint)
+    check_exported(files, module, size, source)
     return files
 
 

@@ -73,6 +73,11 @@ def test_a_sweep_runs_its_trials_then_only_the_missing_ones_and_gates_the_best(m
     assert replay.lr == pytest.approx(best.params["lr"]) and replay.label_smoothing == best.params["label_smoothing"]
     prod = Registry(tmp_path / "runs" / "registry").find(replay.model_name(), "production")
     assert prod is not None and prod.card["run_name"] == f"trial-{best.number:04d}"
+    # Trials write model.pt only; the registered one also got model.pt2 and model.onnx, checked.
+    assert {"model.pt", "model.pt2", "model.onnx"} <= {p.name for p in prod.path.iterdir()}
+    others = [t.number for t in study.trials if t.number != best.number]
+    assert all(sorted(p.name for p in (sweep_dir / "trials" / f"trial-{n:04d}" / "model").iterdir()) == ["model.pt"]
+               for n in others)
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
     assert sweep["best"]["trial"] == best.number and sweep["promotion"]["promoted"] is True
     with get_client(sync_client=True) as client:
