@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect.assets import Asset, AssetProperties, materialize
 
-VERSION_CARD = "model.json"  # beside a registry version's files (cifar_lit.lifecycle.registry.CARD)
+from cifar_lit.lifecycle.registry import CARD
 
 
 def _asset(path: Path, name: str, description: str) -> Asset:
@@ -34,7 +34,7 @@ def model_asset(model_file: Path) -> Asset:
     """A registry version (its folder, named ``<name> vN``), or a model file given by path."""
     model_file = Path(model_file)
     folder = model_file.parent
-    if (folder / VERSION_CARD).is_file():
+    if (folder / CARD).is_file():
         return _asset(folder, f"{folder.parent.name} {folder.name}", "a version of the model registry")
     return _asset(model_file, model_file.name, "a model file")
 

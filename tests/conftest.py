@@ -89,6 +89,26 @@ def make_config(tmp_path, server, archives):
 
 
 @pytest.fixture
+def crashed_fit(monkeypatch):
+    """``crashed_fit(config, split_file)``: a real fit that crashes at the start of its second
+    epoch (a RuntimeError), leaving its first epoch's last.ckpt for a resume."""
+    from cifar_lit.training.module import LitClassifier
+    from cifar_lit.training.train import fit
+
+    def crash_in_second_epoch(self):
+        if self.current_epoch == 1:
+            raise RuntimeError("injected crash")
+
+    def run(config: TrainConfig, split_file: Path) -> None:
+        with monkeypatch.context() as patched:
+            patched.setattr(LitClassifier, "on_train_epoch_start", crash_in_second_epoch)
+            with pytest.raises(RuntimeError, match="injected crash"):
+                fit(config, split_file)
+
+    return run
+
+
+@pytest.fixture
 def wandb_run_cleanup():
     yield
     from cifar_lit.run.tracking import finish_run

@@ -258,25 +258,14 @@ def test_deterministic_takes_fixed_choices_without_timing(monkeypatch, tmp_path)
     assert resolve(TrainConfig()).time_budget == "auto"
 
 
-def test_a_resumed_fit_keeps_what_the_interrupted_one_chose(make_config, monkeypatch, tmp_path):
+def test_a_resumed_fit_keeps_what_the_interrupted_one_chose(make_config, crashed_fit, monkeypatch, tmp_path):
     """The probe is not asked again on resume: a machine that now times otherwise (busy, or
     re-probed) would choose another memory format, and the checkpoint would no longer fit."""
-    from cifar_lit.training.module import LitClassifier
-
     monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path / "cache"))
     cfg = make_config(recipe="cpu-fast", batch_size=32, max_epochs=2, val_size=0, tta=0)
     ImageDataModule.from_config(cfg).setup("fit")
     _steady(monkeypatch, lambda choice, n: 100.0 * (10 if choice.channels_last else 1))
-    original = LitClassifier.on_train_epoch_start
-
-    def crash_in_second_epoch(self):
-        if self.current_epoch == 1:
-            raise RuntimeError("injected crash")
-
-    monkeypatch.setattr(LitClassifier, "on_train_epoch_start", crash_in_second_epoch)
-    with pytest.raises(RuntimeError, match="injected crash"):
-        train.fit(cfg, cfg.out / "split.json")
-    monkeypatch.setattr(LitClassifier, "on_train_epoch_start", original)
+    crashed_fit(cfg, cfg.out / "split.json")
     timed = _steady(monkeypatch, lambda choice, n: 100.0 * (1 if choice.channels_last else 10))  # the machine changed
     resumed = train.fit(cfg.model_copy(update={"reprobe": True}), cfg.out / "split.json", resume=True)
     assert (resumed.epochs_completed, resumed.epochs_this_run) == (2, 1) and timed == []

@@ -55,7 +55,7 @@ def test_orthogonalize_refuses_vectors():
         Muon([{"params": [net[1].bias], "orthogonalize": True}], lr=0.1)
 
 
-def test_cpu_fast_resume_continues_exactly(make_config, monkeypatch):
+def test_cpu_fast_resume_continues_exactly(make_config, crashed_fit):
     """Muon's momentum travels in the checkpoint: a fit that crashes at the start of its 2nd epoch
     and resumes lands on the same weights as one that never crashed."""
     # Pinned: two separate fits on a busy machine (the suite's other worker) could be given
@@ -68,16 +68,7 @@ def test_cpu_fast_resume_continues_exactly(make_config, monkeypatch):
     whole = fit(straight, split)
 
     crashed = straight.model_copy(update={"output_dir": straight.out.parent / "crashed"})
-    original = LitClassifier.on_train_epoch_start
-
-    def crash_in_second_epoch(self):
-        if self.current_epoch == 1:
-            raise RuntimeError("injected crash")
-
-    monkeypatch.setattr(LitClassifier, "on_train_epoch_start", crash_in_second_epoch)
-    with pytest.raises(RuntimeError, match="injected crash"):
-        fit(crashed, split)
-    monkeypatch.setattr(LitClassifier, "on_train_epoch_start", original)
+    crashed_fit(crashed, split)
     resumed = fit(crashed, split, resume=True)
     assert (resumed.epochs_completed, resumed.epochs_this_run) == (2, 1)
 
