@@ -49,8 +49,10 @@ def predict_flow(config: PredictConfig) -> dict:
     from cifar_lit.lifecycle.predict import resolve_model
     from tasks.lineage import materializing, model_asset, predictions_asset
 
-    # The CSV as an asset made from the model version it used: lineage ... -> model vN -> predictions.
-    result = materializing(predict_files, predictions_asset(config.output), [model_asset(resolve_model(config))])(config)
+    # Resolved once, so the alias cannot move between the lineage and the predictions: the CSV is
+    # an asset made from the model version it used (... -> model vN -> predictions).
+    config = config.model_copy(update={"model": resolve_model(config)})
+    result = materializing(predict_files, predictions_asset(config.output), [model_asset(config.model)])(config)
     create_table_artifact(result["counts"], key="predicted-class-counts", description=f"predictions of {result['model']}")
     get_run_logger().info("%d images (%d unreadable) -> %s", result["images"], result["errors"], result["output"])
     return result

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from cifar_lit.serving.inputs import USAGE
-
-log = logging.getLogger(__name__)
 
 
 def _one_line(status: int, reason: str) -> tuple[int, bytes]:
