@@ -75,7 +75,9 @@ def resolved(data_dir: Path, recipe: str, out: Path, split: Path, **extra):
     from cifar_lit.recipes.plan import DataSize, resolve
 
     s = Split.read(split)
-    return probe.apply(resolve(config(data_dir, recipe, out, **extra), data=DataSize.of_split(s)), len(s.classes))[0]
+    cfg = resolve(config(data_dir, recipe, out, **extra), data=DataSize.of_split(s))
+    # A network the budget sizes is the fit's to choose (its FitResult says which): the family's smallest here.
+    return probe.apply(cfg.model_copy(update={"model": cfg.network()}), len(s.classes))[0]
 
 
 def prepare(data_dir: Path) -> dict[str, Path]:
@@ -108,10 +110,11 @@ def fit_and_test(data_dir: Path, recipe: str, split: Path, time_budget: float | 
     used = resolved(data_dir, recipe, out, split, **({"time_budget": time_budget} if time_budget else {}), **extra)
     return {
         "recipe": used.recipe,
-        "model": used.model,
+        "model": fitted.decided.get("model") or used.model,
         "optimizer": used.optimizer,
         "precision": (fitted.probe or {}).get("precision", cfg.precision),
         "probe": fitted.probe,
+        "scaling": fitted.scaling,
         "train_images": len(json.loads(split.read_text())["train"]),
         "epochs": fitted.epochs_completed,
         "fit_seconds": fitted.fit_seconds,

@@ -4,6 +4,7 @@ torchvision, Lightning, torchmetrics, pandas, pydantic), not Prefect or W&B, so 
 GPU machine:
 
     python bench/gpu.py --tarball cifar10-train-jpeg.tar.gz      # writes bench/out/gpu.json
+    python bench/gpu.py --tarball cifar10-train-jpeg.tar.gz --time-budget 10   # the 10-second target
 
 The same seeded 10,000 images as bench/bench.py are held out as test; gpu-fast trains on the
 other 40,000. Run 1 is the warm-up (CUDA context, cuDNN autotuning); every later run is timed
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--model")
     parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--time-budget", type=float,
+                        help="seconds of fitting instead of the recipe's epochs, e.g. 10 and 5 for the targets")
     args = parser.parse_args()
 
     from cifar_lit.config import TrainConfig
@@ -40,7 +43,8 @@ def main() -> None:
     from cifar_lit.training.train import evaluate, fit
 
     unpack(args.tarball, args.data_dir)
-    overrides = {k: v for k, v in (("model", args.model), ("max_epochs", args.max_epochs)) if v is not None}
+    overrides = {k: v for k, v in (("model", args.model), ("max_epochs", args.max_epochs),
+                                   ("time_budget", args.time_budget)) if v is not None}
     stamp = int(time.time())
 
     def config(i: int) -> TrainConfig:
@@ -62,7 +66,8 @@ def main() -> None:
     result = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch": torch.__version__,
-        "recipe": {k: getattr(cfg, k) for k in ("model", "batch_size", "max_epochs", "lr", "lr_batch", "precision", "tta")},
+        "recipe": {k: getattr(cfg, k) for k in ("model", "batch_size", "max_epochs", "time_budget", "lr", "lr_batch",
+                                                "precision", "tta")},
         "train_images": len(json.loads(Path(dm.split_file).read_text())["train"]),
         "runs": runs,
         "best_timed_fit_seconds": min(r["fit_seconds"] for r in timed),

@@ -23,7 +23,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator, model_validator
 
-from cifar_lit.recipes.presets import BUDGET_EPOCHS, DEFAULT_BUDGET, RECIPES, recipe_for
+from cifar_lit.models import family, known_models  # the names only: no torch
+from cifar_lit.recipes.presets import BUDGET_EPOCHS, BY_BUDGET, DEFAULT_BUDGET, RECIPES, recipe_for
+from cifar_lit.recipes.scaling import BASE
 from cifar_lit.run.redact import public_url
 
 CIFAR_TRAIN_SIZE = 50_000
@@ -299,11 +301,7 @@ class TrainConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        from cifar_lit.models import known_models  # the names only: no torch
-
-        if v not in known_models():
+        if v is not None and v not in known_models():
             raise ValueError(f"unknown model {v!r}; known: {', '.join(known_models())}")
         return v
 
@@ -339,7 +337,7 @@ class TrainConfig(BaseModel):
         (32 bits: with 16, twenty names in one second collided about once in 350 test runs).
         (No epoch count: on a small dataset it is chosen after the split, see ``cifar_lit.recipes``.)"""
         stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
-        return f"{self.dataset_name()}-{self.network()}-{stamp}-{secrets.token_hex(4)}"
+        return f"{self.dataset_name()}-{family(self.network())}-{stamp}-{secrets.token_hex(4)}"
 
     def with_output_dir(self, run_name: str | None = None) -> TrainConfig:
         """This config with ``output_dir`` resolved (``runs/<run name>`` when unset)."""
@@ -356,27 +354,30 @@ class TrainConfig(BaseModel):
         return self.data_dir.resolve().name if self.dataset == "imagefolder" else self.dataset
 
     def model_name(self) -> str:
-        """The model's name in the registry and in W&B: ``<dataset name>-<network>``.
+        """The model's name in the registry and in W&B: ``<dataset name>-<network family>``
+        (``cifar_lit.models.family``: every width of a network meets the others at the gate).
 
         >>> TrainConfig(recipe="seed").model_name()
         'cifar10-seed_cnn'
         """
         # W&B artifact names allow letters, digits, '-', '_' and '.'.
-        return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self.dataset_name()}-{self.network()}")
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self.dataset_name()}-{family(self.network())}")
 
     def network(self) -> str:
-        """``model``, or the network its recipe would choose on this machine."""
-        return self.model or RECIPES[recipe_for(self.recipe, self.accelerator)]["model"]
+        """``model``, or the network its recipe would choose on this machine (where the time budget
+        sizes it, the smallest of the family until the fit chooses: ``cifar_lit.recipes.scaling``)."""
+        model = self.model or RECIPES[recipe_for(self.recipe, self.accelerator)]["model"]
+        return BASE if model == BY_BUDGET else model
 
     @property
     def is_resolved(self) -> bool:
         """True once ``cifar_lit.recipes.resolve`` has filled in every recipe field, the data's included."""
-        from cifar_lit.recipes.presets import DATA_FIELDS, PROBE, RECIPE_FIELDS
-        # budget plans the steps. What the recipe leaves to the machine is chosen when the fit
-        # starts (cifar_lit.machine.probe).
+        from cifar_lit.recipes.presets import AT_FIT, DATA_FIELDS, RECIPE_FIELDS
+
+        # max_epochs stays open under a budget (it plans the steps), and AT_FIT fields until the fit.
         preset = RECIPES.get(self.recipe, {})
         fields = [n for n in (*RECIPE_FIELDS, *DATA_FIELDS)
-                  if not (n == "max_epochs" and self.time_budget) and preset.get(n) != PROBE]
+                  if not (n == "max_epochs" and self.time_budget) and preset.get(n) not in AT_FIT]
         return self.recipe != "auto" and self.time_budget != "auto" and self.val_size is not None and all(
             getattr(self, name) is not None for name in fields)
 

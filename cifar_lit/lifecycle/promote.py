@@ -75,7 +75,7 @@ def card(config: TrainConfig, tested: dict, fingerprint: str, run_name: str, fit
         "metrics": tested["metrics"],
         "per_class": tested["per_class"],
         "classes": tested["classes"],
-        "model": config.model,
+        "model": ((fitted or {}).get("decided") or {}).get("model") or config.network(),
         # As trained: precision, memory format and the budget's plan included (what config.json
         # replays). The effective config stays the one asked for: the nightly skip compares it.
         "config": config.model_copy(update=(fitted or {}).get("decided") or {}).as_dict(),

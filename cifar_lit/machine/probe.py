@@ -27,6 +27,7 @@ import logging
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -272,7 +273,7 @@ def probe(config, num_classes: int, device: str = "cpu") -> Probed:
     noisy = spread > NOISE or (load is not None and load > BUSY)
     result = Probed(best, {words(c): round(r, 1) for c, r in rates.items()}, time.perf_counter() - t0, cached=False,
                     forced_precision=forced, load=load, noisy=noisy)
-    log.info("probe: %s is fastest here (%s images/s; %s)", words(best), f"{rates[best]:.0f}",
+    log.info("probe: %s, %s is fastest here (%s images/s; %s)", config.model, words(best), f"{rates[best]:.0f}",
              "; ".join(f"{w} {r:.0f}" for w, r in result.images_per_second.items()))
     if noisy:
         log.warning("probe: the machine was busy (other processes used %s of its CPUs; rounds %.0f%% apart): its "
@@ -285,6 +286,26 @@ def probe(config, num_classes: int, device: str = "cpu") -> Probed:
     except OSError as e:
         log.warning("probe: could not cache the result in %s (%s)", path, e)
     return result
+
+
+def network_rates(config, num_classes: int, device: str, names: list[str],
+                  worth: Callable[[str, dict[str, float]], bool], known: dict[str, float] | None = None
+                  ) -> tuple[dict[str, float], float]:
+    """Training images/s of each network of ``names`` (smallest first), under ``config``'s
+    precision, memory format and threads: each probed once per machine, then cached like every
+    probe. The next network is timed only while ``worth(name, the rates so far)`` (a network
+    too slow for the budget costs nothing); ``known``: rates already measured. Returns the rates
+    and the seconds spent timing in this run."""
+    rates, seconds = dict(known or {}), 0.0
+    for name in names:
+        if name in rates:
+            continue
+        if not worth(name, rates):
+            break
+        found = probe(config.model_copy(update={"model": name}), num_classes, device)
+        rates[name] = max(found.images_per_second.values())
+        seconds += found.seconds
+    return rates, seconds
 
 
 def wants_probe(config) -> list[str]:

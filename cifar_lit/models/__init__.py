@@ -69,3 +69,18 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"model: unknown model {name!r}; known: {', '.join(known_models())}")
     return MODELS[name](num_classes)
+
+
+# Networks that differ only in size form a family and share its registry name
+# (``<dataset>-<family>``): a champion of one width meets a challenger of another at the gate,
+# as the time budget may size the network differently from one night to the next.
+FAMILIES = {"airnet_s": "airnet", "airnet_m": "airnet", "airnet94": "airnet"}
+
+
+def family(name: str) -> str:
+    """The family of network ``name`` (itself when it has none).
+
+    >>> family("airnet94"), family("resnet18")
+    ('airnet', 'resnet18')
+    """
+    return FAMILIES.get(name, name)

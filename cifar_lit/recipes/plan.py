@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 
 from cifar_lit.recipes.presets import (
+    AT_FIT,
     BUDGET_EPOCHS,
     BUDGET_SPEED,
     DATA_FIELDS,
@@ -22,7 +23,6 @@ from cifar_lit.recipes.presets import (
     MAX_SCALED_EPOCHS,
     MIN_STEPS,
     MIN_STEPS_PER_EPOCH,
-    PROBE,
     RECIPES,
     SHORT_BUDGET_BATCH,
     SHORT_BUDGET_STEPS,
@@ -135,8 +135,8 @@ def plan(config: TrainConfig, hardware: Hardware | None = None, data: DataSize |
     for name, value in preset.items():
         if name in DATA_FIELDS or getattr(config, name) is not None:
             continue
-        if value == PROBE:
-            continue  # left to the machine when the fit starts (cifar_lit.machine.probe)
+        if value in AT_FIT:
+            continue  # left to the machine when the fit starts (cifar_lit.machine.probe, .scaling)
         values[name] = value
     if config.val_size is None and "val_size" not in values:
         values["val_size"] = default_val_size(config.dataset)

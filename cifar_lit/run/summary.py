@@ -88,6 +88,9 @@ def decisions(config: TrainConfig, fit: dict) -> dict[str, Any]:
         "images_per_second": budget.get("images_per_second"),
         "epochs_completed": fit.get("epochs_completed"),
         "deterministic": config.deterministic,
+        # The network, and, where the time budget sized it, what it chose from (cifar_lit.recipes.scaling).
+        "network": (fit.get("decided") or {}).get("model") or config.model,
+        "network_choice": fit.get("scaling"),
     }
 
 

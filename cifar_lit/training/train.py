@@ -27,6 +27,7 @@ from cifar_lit.lifecycle.model_file import ModelFileError, from_checkpoint, safe
 from cifar_lit.machine import probe
 from cifar_lit.machine.checks import check_training_step
 from cifar_lit.models import CATALOGUE, build_model, check_input_size
+from cifar_lit.recipes import scaling
 from cifar_lit.recipes.plan import DataSize, resolve
 from cifar_lit.recipes.presets import RECIPES, TORCHVISION_NETS
 from cifar_lit.run.rundir import OutputDirError
@@ -69,6 +70,8 @@ class FitResult:
     budget: dict | None = None
     # What the machine probe chose and measured (cifar_lit.machine.probe), when the recipe asked for it.
     probe: dict | None = None
+    # The network the time budget chose, and from what (cifar_lit.recipes.scaling.Decision).
+    scaling: dict | None = None
     # What this fit decided that the config left open (precision, memory format, the budget's
     # plan): with these, the config replays the fit (cifar_lit.training.train.replayable).
     decided: dict = field(default_factory=dict)
@@ -146,6 +149,12 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     """
     config = resolved_for(config, split_file)
     split = Split.read(split_file)
+    if resume:  # what the interrupted attempt chose, from its checkpoint: not probed again, as a
+        # busy machine might choose otherwise and the checkpoint would no longer fit the config
+        config = config.model_copy(update=_chosen_before(config))
+    sizing = config.model is None  # the recipe sizes the network to the budget, once the machine is timed
+    if sizing:
+        config = config.model_copy(update={"model": scaling.BASE})
     # Before the probe, which already trains steps of the configured batch and image size.
     for line in check_training_step(config, len(split.classes), len(split.train), split.median_side):
         log.warning("%s", line)
@@ -153,12 +162,18 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     # once, then cached (cifar_lit.machine.probe). Before resume_point: the checkpoint records the choice.
     # Timed on a batch no larger than the data (a batch of --batch-size 100000 random images was
     # a kill for memory on 27 photos).
-    if resume:  # what the interrupted attempt chose, from its checkpoint: not probed again, as a
-        # busy machine might choose otherwise and the checkpoint would no longer fit the config
-        config = config.model_copy(update=_chosen_before(config))
     timed = config.model_copy(update={"batch_size": min(config.batch_size, len(split.train))})
     timed, probed = probe.apply(timed, len(split.classes))
     config = config.model_copy(update={name: getattr(timed, name) for name in probe.PROBED_FIELDS})
+    spent = probed.seconds if probed else 0.0
+    scaled = None
+    if sizing:
+        scaled, seconds = size_network(config, timed, probed, len(split.train), len(split.classes))
+        spent += seconds
+        if scaled and scaled["network"] != config.model:
+            config = config.model_copy(update={"model": scaled["network"]})
+            for line in check_training_step(config, len(split.classes), len(split.train), split.median_side):
+                log.warning("%s", line)
     if config.threads:  # set by the user or a replayed config, or chosen (and set) by the probe
         torch.set_num_threads(config.threads)
     config = config.model_copy(update={"threads": torch.get_num_threads()})  # recorded: config.json replays it
@@ -188,7 +203,7 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
     if config.head_epochs:
         callbacks.append(HeadFirst(config.head_epochs))
     steps = max(1, dm.num_images("train") // config.batch_size)
-    budget = time_budget(config, steps, spent=probed.seconds if probed else 0.0)
+    budget = time_budget(config, steps, spent=spent)
     if budget is not None:
         callbacks.append(budget)
     # A resumed fit logs beside the first attempt's CSV instead of overwriting it.
@@ -219,9 +234,29 @@ def fit(config: TrainConfig, split_file: Path, resume: bool = False, on_epoch: E
         resumed_from=ckpt_path,
         budget=budget.report(trainer) if budget is not None else None,
         probe=probed.to_dict() if probed is not None else None,
-        decided={**{name: getattr(config, name) for name in probe.PROBED_FIELDS},
+        scaling=scaled,
+        decided={"model": config.model, **{name: getattr(config, name) for name in probe.PROBED_FIELDS},
                  **({"budget_plan": budget.schedule.plans} if budget is not None else {})},
     )
+
+
+def size_network(config: TrainConfig, timed: TrainConfig, probed: probe.Probed | None, n_train: int,
+                 num_classes: int) -> tuple[dict | None, float]:
+    """The network of the recipe's family for ``config.time_budget`` (``cifar_lit.recipes.scaling``),
+    from the training speed of each, timed here under the probe's choices (``timed``). Without a
+    budget, in a deterministic or distributed fit, nothing is timed: the family's smallest, the
+    one its recipe's epochs were tuned for. Returns the decision (None then) and the seconds spent."""
+    distributed = config.strategy.startswith("ddp") or config.num_nodes > 1
+    if not config.time_budget or config.deterministic or distributed:
+        return None, 0.0
+    budget, most = float(config.time_budget), config.max_epochs
+    known = {scaling.BASE: max(probed.images_per_second.values())} if probed and probed.images_per_second else {}
+    rates, seconds = probe.network_rates(
+        timed, num_classes, "cuda" if probe.wants_gpu(config.accelerator) else "cpu", [n.name for n in scaling.FAMILY],
+        lambda name, so_far: scaling.worth_timing(name, budget, n_train, so_far, scaling.FAMILY, most), known)
+    decision = scaling.choose(budget, n_train, rates, family=scaling.FAMILY, max_epochs=most)
+    log.info("%s", decision.describe())
+    return {**decision.to_dict(), "timing_seconds": round(seconds, 2)}, seconds
 
 
 def replayable(config: TrainConfig, fitted: dict) -> TrainConfig:
@@ -257,10 +292,11 @@ def resolved_for(config: TrainConfig, split_file: Path) -> TrainConfig:
 
 
 def _chosen_before(config: TrainConfig) -> dict:
-    """The probed fields the config leaves open, as the checkpoint this fit would resume records them."""
+    """The fields the config leaves to the machine (the probe's, and the network a budget sizes), as
+    the checkpoint this fit would resume records them."""
     found = readable_checkpoint(checkpoint_dir(config) / "last.ckpt")
     saved = ((found[1].get("hyper_parameters") or {}).get("config") or {}) if found else {}
-    return {k: saved[k] for k in probe.PROBED_FIELDS if getattr(config, k) is None and saved.get(k) is not None}
+    return {k: saved[k] for k in ("model", *probe.PROBED_FIELDS) if getattr(config, k) is None and saved.get(k) is not None}
 
 
 def resume_point(config: TrainConfig, last: Path) -> str | None:
@@ -393,7 +429,7 @@ def evaluate(config: TrainConfig, split_file: Path, checkpoint: Path) -> EvalRes
     log_test_results(metrics, table, confusion, dm.classes)
     warnings = collapse_warnings(confusion.long().tolist(), dm.classes)
     for line in warnings:
-        log.warning("%s: %s", config.model, line)
+        log.warning("%s: %s", model.hparams.config.get("model"), line)
     return EvalResult(
         metrics, table.to_dict("records"), confusion.long().tolist(), dm.classes, round(test_seconds, 3), warnings
     )

@@ -287,11 +287,11 @@ def test_batch_predict_runs_on_each_promotion_into_the_volumes_registry(monkeypa
     (trigger,) = predict["triggers"]
     assert trigger["enabled"] and trigger["expect"] == ["cifar_lit.model.promoted"]
     assert trigger["match"] == {"prefect.resource.id": "cifar_lit.model.*", "cifar_lit.registry": f"{STORAGE}/registry"}
-    event = {"payload": {"name": "cifar10-airnet_s", "version": "v7", "registry": f"{STORAGE}/registry"}}
+    event = {"payload": {"name": "cifar10-airnet", "version": "v7", "registry": f"{STORAGE}/registry"}}
     flow = load_flow_from_entrypoint(predict["entrypoint"])
     config = flow.validate_parameters(_rendered(trigger["parameters"], event))["config"]
-    assert (config.registry_dir, config.name, config.version) == (Path(STORAGE, "registry"), "cifar10-airnet_s", "v7")
-    assert config.output == Path(STORAGE, "predictions", "cifar10-airnet_s-v7.csv")
+    assert (config.registry_dir, config.name, config.version) == (Path(STORAGE, "registry"), "cifar10-airnet", "v7")
+    assert config.output == Path(STORAGE, "predictions", "cifar10-airnet-v7.csv")
 
 
 def test_batch_predict_parameters_validate_against_the_flow(monkeypatch):

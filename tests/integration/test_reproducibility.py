@@ -56,3 +56,9 @@ def test_a_budgeted_run_records_what_the_probe_and_the_budget_decided(make_confi
     assert decided["probe_load"] == probed["load"] is not None and decided["probe_noisy"] == probed["noisy"]
     assert decided["time_budget_s"] == 6 and decided["steps"] == budget["steps"] > 0
     assert decided["images_per_second"] == budget["images_per_second"] > 0
+    # The network the budget sized: on a few hundred images, the family's smallest, and why.
+    chose = decided["network_choice"]
+    assert decided["network"] == chose["network"] == summary["config"]["model"] == "airnet_s"
+    assert chose["budget_s"] == 6 and "training images, fewer than the" in chose["reason"]
+    assert [c["network"] for c in chose["candidates"]] == ["airnet_s", "airnet_m", "airnet94"]
+    assert chose["candidates"][0]["images_per_second"] == max(probed["images_per_second"].values())

@@ -12,7 +12,7 @@ from cifar_lit.config import TrainConfig
 from cifar_lit.recipes import plan as plan_module
 from cifar_lit.recipes import presets
 from cifar_lit.recipes.plan import DataSize, fit_to_data, plan, resolve
-from cifar_lit.recipes.presets import PROBE, RECIPES, Hardware
+from cifar_lit.recipes.presets import AT_FIT, RECIPES, Hardware
 
 CPU, GPU = Hardware(gpu=False), Hardware(gpu=True)
 CIFAR = DataSize(45_000)
@@ -23,7 +23,8 @@ def test_a_config_holds_what_the_user_gave_until_resolved():
     assert (c.recipe, c.model, c.max_epochs, c.batch_size) == ("auto", None, None, 64)
     assert not c.is_resolved
     r = resolve(c, CPU, CIFAR)
-    assert r.is_resolved and (r.recipe, r.model, r.batch_size) == ("cpu-fast", "airnet_s", 64)
+    assert r.is_resolved and (r.recipe, r.model, r.batch_size) == ("cpu-fast", None, 64)  # the network: at the fit
+    assert r.network() == "airnet_s" and r.model_name() == "cifar10-airnet"
     assert resolve(r, GPU, DataSize(10)) == r  # idempotent: nothing left to decide
 
 
@@ -65,7 +66,7 @@ def test_validation_probes_no_hardware_and_no_disk(monkeypatch, tmp_path):
 def test_every_recipe_resolves_every_field_and_round_trips(name):
     c = resolve(TrainConfig(recipe=name), CPU, CIFAR)
     assert c.is_resolved
-    assert all(getattr(c, f) is not None for f in RECIPES["seed"] if RECIPES[name][f] != PROBE)
+    assert all(getattr(c, f) is not None for f in RECIPES["seed"] if RECIPES[name][f] not in AT_FIT)
     assert TrainConfig(**c.as_dict()) == c
 
 
