@@ -67,7 +67,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xticks([1, 2, 3, 5, 10])
     ax.set_xticklabels(["S", "2S", "3S", "5S", "10S"])
-    ax.set_ylim(max(50, min(ys + [100 * t["test_acc"]]) - 2) if ys else 50, 95)
+    ax.set_ylim(min(ys + [100 * t["test_acc"]]) - 3, 95)
     ax.set_xlabel(f"fit time (S = the tutorial's fit, {s:.0f} s here)")
     ax.set_ylabel("held-out accuracy, % (10,000 CIFAR-10 JPEGs)")
     m = result["machine"]
