@@ -213,7 +213,7 @@ def measure(config, num_classes: int, device: str) -> tuple[dict[Choice, float],
     steps, rounds = {}, {}
     try:
         for choice in candidates(device, given(config)):
-            net = build_model(config.model, num_classes).to(device)
+            net = build_model(config.network(), num_classes).to(device)
             if choice.channels_last:
                 net = net.to(memory_format=torch.channels_last)
             module = LitClassifier(net, num_classes, lr=config.step_lr, optimizer=config.optimizer,
@@ -241,7 +241,7 @@ def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, labels: torch.
 
 
 def key(config, num_classes: int, device: str) -> str:
-    what = {"format": CACHE_FORMAT, "machine": machine(device), "model": config.model, "image_size": config.image_size,
+    what = {"format": CACHE_FORMAT, "machine": machine(device), "model": config.network(), "image_size": config.image_size,
             "batch_size": config.batch_size, "optimizer": config.optimizer, "num_classes": num_classes,
             "given": given(config), "omp_threads": os.environ.get("OMP_NUM_THREADS"), "forced": forced_precision()}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
@@ -273,7 +273,7 @@ def probe(config, num_classes: int, device: str = "cpu") -> Probed:
     noisy = spread > NOISE or (load is not None and load > BUSY)
     result = Probed(best, {words(c): round(r, 1) for c, r in rates.items()}, time.perf_counter() - t0, cached=False,
                     forced_precision=forced, load=load, noisy=noisy)
-    log.info("probe: %s, %s is fastest here (%s images/s; %s)", config.model, words(best), f"{rates[best]:.0f}",
+    log.info("probe: %s, %s is fastest here (%s images/s; %s)", config.network(), words(best), f"{rates[best]:.0f}",
              "; ".join(f"{w} {r:.0f}" for w, r in result.images_per_second.items()))
     if noisy:
         log.warning("probe: the machine was busy (other processes used %s of its CPUs; rounds %.0f%% apart): its "

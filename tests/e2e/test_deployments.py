@@ -49,6 +49,7 @@ from prefect_processes import (
 )
 
 from cifar_lit.config import TrainConfig
+from cifar_lit.models import family
 
 DEPLOYMENTS = REPO / "deployments"
 PREFECT_YAML = DEPLOYMENTS / "prefect.yaml"
@@ -612,7 +613,7 @@ def test_local_deployment_runs_end_to_end_on_a_worker(local_run):
     assert {name: task.state.name for name, task in tasks.items()} == dict.fromkeys(TASKS, "Completed")
     summary = json.loads((config.out / "summary.json").read_text())
     assert summary["config"]["max_epochs"] == 1 and summary["wandb"]["mode"] == "offline"
-    prefix = f"cifar10-{summary['config']['model']}".replace("_", "-")
+    prefix = f"cifar10-{family(summary['config']['model'])}".replace("_", "-")  # the registry name: the family
     artifacts = {a.key.removeprefix(f"{prefix}-"): a for a in _artifacts(run.id)}
     assert artifacts.keys() == {"summary", "per-class", "progress", "promotion"}
     assert artifacts["summary"].type == "markdown" and f"{summary['test_acc']:.4f}" in artifacts["summary"].data
