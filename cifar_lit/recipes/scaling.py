@@ -109,10 +109,11 @@ class Decision:
     def describe(self) -> str:
         """One line for the log.
 
-        >>> choose(180, 40_000, {"airnet_s": 2600, "airnet_m": 900, "airnet94": 500}).describe().split("; ")
-        ['network for 180 s: airnet_s (expected 86.7% after 9.9 epochs at 2600 img/s)',
-         'airnet_m 86.5% (3.4 ep)',
-         'airnet94 too few epochs (1.9)']
+        >>> for part in choose(180, 40_000, {"airnet_s": 2600, "airnet_m": 900, "airnet94": 500}).describe().split("; "):
+        ...     print(part)
+        network for 180 s: airnet_s (expected 86.7% after 9.9 epochs at 2600 img/s)
+        airnet_m 86.5% (3.4 ep)
+        airnet94 too few epochs (1.9)
         """
         def words(c: Candidate) -> str:
             if c.images_per_second is None:
